@@ -1,0 +1,162 @@
+"""`sing-synth` command line: a thin argparse shell over the function API.
+
+Bad input prints one line, `sing-synth: error: ...`, and exits with status 2.
+"""
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def int_tuple(count: int):
+    def parse(text: str) -> tuple:
+        values = [int(v) for v in text.split(",")]
+        if len(values) == 1:
+            values *= count
+        if len(values) != count or any(v < 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected {count} comma-separated non-negative integers")
+        return tuple(values)
+    return parse
+
+
+def names(text: str) -> tuple:
+    return tuple(v for v in text.split(",") if v)
+
+
+# --- train ---------------------------------------------------------------------------------------
+
+def add_train(sub):
+    p = sub.add_parser("train", help="train SING's three phases on an NSynth-format folder")
+    p.add_argument("--data", required=True, help="NSynth jsonwav folder (examples.json + audio/)")
+    p.add_argument("--out", required=True, help="run folder: train_state.pt, model.pt, metrics.csv")
+    p.add_argument("--size", default="small", choices=["full", "base", "small"])
+    p.add_argument("--lstm-hidden", type=int, default=0, help="override the size's LSTM hidden size")
+    p.add_argument("--lstm-layers", type=int, default=0)
+    p.add_argument("--channels", type=int, default=0, help="override the size's decoder channels")
+    p.add_argument("--epochs", type=int_tuple(3), default=(50, 50, 20),
+                   help="epochs per phase: autoencoder,sequence,end_to_end (one number for all)")
+    p.add_argument("--batch-size", type=int_tuple(3), default=(64, 64, 64), help="per phase, as --epochs")
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
+    p.add_argument("--bptt", type=int, default=32, help="truncated back-propagation length (phase 2)")
+    p.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", type=names, default=(), help="comma-separated instrument families")
+    p.add_argument("--sources", type=names, default=(), help="acoustic,electronic,synthetic")
+    p.add_argument("--pitch-range", type=int, nargs=2, default=(), metavar=("LO", "HI"))
+    p.add_argument("--stream", action="store_true", help="read notes from disk instead of holding them in RAM")
+    p.add_argument("--workers", type=int, default=0, help="data-loading processes")
+    p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args) -> int:
+    from .train import TrainSettings, train
+    settings = TrainSettings(
+        data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
+        lstm_layers=args.lstm_layers, channels=args.channels, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, bptt=args.bptt, amp=not args.no_amp,
+        seed=args.seed, families=args.families, sources=args.sources,
+        pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
+        device=args.device, progress=not args.no_progress,
+        metadata={"command": " ".join(sys.argv)})
+    path = train(settings, resume=args.resume)
+    print(f"model: {path}")
+    return 0
+
+
+# --- generate ------------------------------------------------------------------------------------
+
+def add_generate(sub):
+    p = sub.add_parser("generate", help="render notes to WAV files (all combinations, one batch)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--instrument", nargs="+", required=True,
+                   help="instrument id or name, or a blend like 'flute:0.7,violin:0.3'")
+    p.add_argument("--pitch", nargs="+", type=int, required=True, help="MIDI pitch(es)")
+    p.add_argument("--velocity", nargs="+", type=int, default=[100], help="MIDI velocity(ies) 1-127")
+    p.add_argument("-o", "--out", required=True, help="output folder")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--reference", action="store_true", help="use the fp32 reference path, not the fast one")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args) -> int:
+    from .render import render_notes
+    from .checkpoint import load_checkpoint
+    import soundfile
+    ckpt = load_checkpoint(args.checkpoint)
+    notes = list(itertools.product(args.instrument, args.pitch, args.velocity))
+    waves = render_notes(ckpt, notes, batch_size=args.batch_size, device=args.device,
+                         fast=not args.reference)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (instrument, pitch, velocity), wave in zip(notes, waves):
+        name = instrument.replace(":", "_").replace(",", "+")
+        soundfile.write(out / f"{name}-{pitch:03d}-{velocity:03d}.wav", wave,
+                        ckpt.model.config.sample_rate, subtype="PCM_16")
+    print(f"{len(notes)} notes written to {out}")
+    return 0
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="mean spectral loss of a checkpoint on a split of a dataset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (as in training)")
+    p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args) -> int:
+    from .checkpoint import load_checkpoint
+    from .render import evaluate_loss
+    ckpt = load_checkpoint(args.checkpoint)
+    loss, count = evaluate_loss(ckpt.model, args.data, args.split, seed=args.seed, loss=args.loss,
+                                batch_size=args.batch_size, device=args.device)
+    if count == 0:
+        raise UserError(f"{args.data}: the {args.split} split is empty")
+    print(f"{args.split}: {count} notes, {args.loss} spectral loss {loss:.6f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="sing-synth", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train(sub)
+    add_generate(sub)
+    add_eval(sub)
+    from .soundfont import add_dataset_command
+    add_dataset_command(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UserError as exc:
+        print(f"sing-synth: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

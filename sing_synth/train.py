@@ -1,0 +1,342 @@
+"""SING's three training phases, resumable after a kill at any moment, on one or many processes.
+
+1. autoencoder: encoder + decoder on waveforms, spectral loss;
+2. sequence generator: the LSTM predicts the frozen encoder's embeddings (MSE), back-propagation
+   truncated to `bptt` steps;
+3. end to end: LSTM + decoder on the spectral loss of the rendered waveform.
+
+A training state is written atomically after every epoch; `resume=True` starts after the last one.
+Under `torchrun` each process takes a shard (DistributedSampler) and gradients are averaged (DDP).
+"""
+import csv
+import math
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .checkpoint import atomic_save, checkpoint_from_payload, model_payload
+from .config import SingConfig, named_config
+from .data import filter_notes, instrument_names, load_split, read_examples
+from .decoder import ConvEncoder
+from .errors import UserError
+from .loss import SpectralLoss
+from .model import SING, Autoencoder
+
+PHASES = ("autoencoder", "sequence", "end_to_end")
+STATE_FILE = "train_state.pt"
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.csv"
+METRICS_FIELDS = ["phase", "epoch", "train_loss", "valid_loss", "seconds", "notes"]
+
+
+@dataclass
+class TrainSettings:
+    data: str                       # NSynth-format folder
+    out: str                        # run folder: state, model.pt, metrics.csv
+    size: str = "small"             # named size, see config.SIZES
+    lstm_hidden: int = 0            # 0: the size's own
+    lstm_layers: int = 0
+    channels: int = 0
+    epochs: tuple = (50, 50, 20)    # per phase
+    batch_size: tuple = (64, 64, 64)
+    lr: float = 3e-4
+    loss: str = "l1"                # l1 | mse | waveform
+    bptt: int = 32
+    amp: bool = True                # bf16 autocast (CPU and CUDA)
+    seed: int = 0                   # model init, shuffling and the split
+    families: tuple = ()
+    sources: tuple = ()
+    pitch_range: tuple = ()
+    in_memory: bool = True
+    workers: int = 0
+    device: str = ""                # "" picks cuda when there is one
+    progress: bool = True
+    metadata: dict = field(default_factory=dict)
+
+
+class SequenceChunk(nn.Module):
+    """Phase 2 step as a module, so DDP sees the forward: symbols -> `steps` embeddings from `start`.
+
+    Shape: instrument, pitch, velocity `[B]` -> `[B, steps, D]` and the LSTM state
+    """
+
+    def __init__(self, sequence_generator):
+        super().__init__()
+        self.sequence_generator = sequence_generator
+
+    def forward(self, instrument, pitch, velocity, start: int, steps: int, state=None):
+        seq = self.sequence_generator
+        return seq.run(seq.symbols(instrument, pitch, velocity), start, steps, state)
+
+
+class Trainer:
+    def __init__(self, settings: TrainSettings):
+        self.settings = s = settings
+        self.out = Path(s.out)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank, self.world = 0, 1
+        self.device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.distributed:
+            self._init_distributed()
+        torch.manual_seed(s.seed)
+        self._load_data()
+        self.model = SING(self.config).to(self.device)
+        self.encoder = ConvEncoder(self.config).to(self.device)
+        self.loss = SpectralLoss(s.loss).to(self.device)
+        self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
+        self.optimizer = None
+
+    # --- set-up -------------------------------------------------------------------------------
+    def _init_distributed(self):
+        backend = "nccl" if self.device.type == "cuda" else "gloo"
+        dist.init_process_group(backend)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(self.device)
+
+    def _load_data(self):
+        s = self.settings
+        notes = read_examples(s.data)
+        notes = filter_notes(notes, s.families or None, s.sources or None, s.pitch_range or None)
+        if not notes:
+            raise UserError(f"{s.data}: no notes left after the filters")
+        self.instruments = instrument_names(notes)
+        overrides = {"n_instruments": max(self.instruments) + 1}
+        for name in ("lstm_hidden", "lstm_layers", "channels"):
+            if getattr(s, name):
+                overrides[name] = getattr(s, name)
+        self.config = named_config(s.size, **overrides)
+        common = dict(seed=s.seed, families=s.families or None, sources=s.sources or None,
+                      pitch_range=s.pitch_range or None, velocity_rows=self.config.velocity_rows,
+                      sample_rate=self.config.sample_rate, length=self.config.length,
+                      in_memory=s.in_memory)
+        self.train_set = load_split(s.data, "train", **common)
+        self.valid_set = load_split(s.data, "valid", **common)
+        if len(self.train_set) == 0:
+            raise UserError(f"{s.data}: the train split is empty")
+
+    def loader(self, dataset, batch_size, epoch_key, shuffle):
+        sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank,
+                                     shuffle=shuffle, seed=self.settings.seed, drop_last=False)
+        sampler.set_epoch(epoch_key)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                          num_workers=self.settings.workers, drop_last=False)
+
+    def phase_module(self, phase: int) -> nn.Module:
+        if phase == 0:
+            return Autoencoder(self.encoder, self.model.decoder)
+        if phase == 1:
+            return SequenceChunk(self.model.sequence_generator)
+        return self.model
+
+    def autocast(self):
+        if not self.settings.amp:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    # --- state --------------------------------------------------------------------------------
+    def state_path(self) -> Path:
+        return self.out / STATE_FILE
+
+    def save_state(self):
+        payload = model_payload(self.model, self.instruments, self.run_metadata())
+        payload["training"] = {
+            "phase": self.phase, "epoch": self.epoch,
+            "encoder": self.encoder.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.settings).items()},
+        }
+        atomic_save(payload, self.state_path())
+        atomic_save(model_payload(self.model, self.instruments, self.run_metadata()), self.out / MODEL_FILE)
+
+    def load_state(self):
+        payload = torch.load(self.state_path(), map_location="cpu", weights_only=True)
+        ckpt = checkpoint_from_payload(payload, str(self.state_path()))
+        if ckpt.model.config != self.config:
+            raise UserError(f"{self.state_path()}: the saved model's config differs from this run's")
+        self.model.load_state_dict(ckpt.model.state_dict())
+        training = payload["training"]
+        self.encoder.load_state_dict(training["encoder"])
+        self.phase, self.epoch = training["phase"], training["epoch"]
+        self.optimizer = self.make_optimizer(self.phase) if self.phase < len(PHASES) else None
+        if self.optimizer and training["optimizer"]:
+            self.optimizer.load_state_dict(training["optimizer"])
+
+    def run_metadata(self) -> dict:
+        meta = dict(self.settings.metadata)
+        meta.update(trained_on=str(self.settings.data), seed=self.settings.seed,
+                    phase=self.phase, epoch=self.epoch, loss=self.settings.loss)
+        return meta
+
+    def make_optimizer(self, phase: int):
+        return torch.optim.Adam(self.phase_module(phase).parameters(), lr=self.settings.lr)
+
+    # --- metrics ------------------------------------------------------------------------------
+    def trim_metrics(self):
+        """Keeps only rows of epochs the saved state holds: a kill between the row and the state
+        would otherwise leave a row for an epoch that is trained again."""
+        path = self.out / METRICS_FILE
+        rows = list(csv.DictReader(path.open())) if path.exists() else []
+        done = [r for r in rows if (PHASES.index(r["phase"]), int(r["epoch"])) <= (self.phase, self.epoch)]
+        self._write_rows(done, "w")
+
+    def _write_rows(self, rows, mode):
+        path = self.out / METRICS_FILE
+        new = mode == "w" or not path.exists()
+        with path.open(mode, newline="") as f:
+            writer = csv.DictWriter(f, METRICS_FIELDS)
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+            f.flush()
+            os.fsync(f.fileno())
+
+    # --- training -----------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Path:
+        s = self.settings
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.state_path().exists():
+            self.load_state()
+        elif self.state_path().exists():
+            raise UserError(f"{self.out}: a run is already there; pass --resume to continue it")
+        if self.rank == 0:
+            self.trim_metrics()
+        board = self._tensorboard()
+        while self.phase < len(PHASES):
+            if self.optimizer is None:
+                self.optimizer = self.make_optimizer(self.phase)
+            while self.epoch < s.epochs[self.phase]:
+                row = self.train_epoch()
+                self.epoch += 1
+                if self.rank == 0:
+                    self._write_rows([row], "a")
+                    if board:
+                        board.add_scalars(PHASES[self.phase], {"train": row["train_loss"],
+                                                               "valid": row["valid_loss"]}, self.epoch)
+                    self.save_state()
+            self.phase, self.epoch, self.optimizer = self.phase + 1, 0, None
+            if self.rank == 0:
+                self.save_state()
+        if self.distributed:
+            dist.barrier()
+        return self.out / MODEL_FILE
+
+    def _tensorboard(self):
+        if self.rank != 0:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:     # tensorboard is optional
+            return None
+        return SummaryWriter(str(self.out / "tensorboard"))
+
+    def train_epoch(self) -> dict:
+        s = self.settings
+        phase = self.phase
+        module = self.phase_module(phase).train()
+        if self.distributed:
+            module = nn.parallel.DistributedDataParallel(module)
+        self.encoder.requires_grad_(phase == 0)
+        batches = self.loader(self.train_set, s.batch_size[phase], phase * 100_000 + self.epoch, True)
+        begin = time.time()
+        total, count = 0.0, 0
+        for wave, instrument, pitch, velocity in self._progress(batches):
+            batch = [t.to(self.device) for t in (wave, instrument, pitch, velocity)]
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.step(module, phase, *batch)
+            self.optimizer.step()
+            total += loss * len(wave)
+            count += len(wave)
+        train_loss = self._mean(total, count)
+        return {"phase": PHASES[phase], "epoch": self.epoch + 1, "train_loss": train_loss,
+                "valid_loss": self.validate(phase), "seconds": round(time.time() - begin, 2),
+                "notes": int(self._sum(count))}
+
+    def _progress(self, batches):
+        if self.rank != 0 or not self.settings.progress:
+            return batches
+        from tqdm import tqdm
+        name = f"{PHASES[self.phase]} {self.epoch + 1}/{self.settings.epochs[self.phase]}"
+        return tqdm(batches, desc=name, unit="batch", leave=False, mininterval=1.0)
+
+    def step(self, module, phase, wave, instrument, pitch, velocity) -> float:
+        """One optimisation step's forward and backward; returns the batch loss."""
+        if phase == 1:
+            return self.sequence_step(module, wave, instrument, pitch, velocity)
+        with self.autocast():
+            output = module(wave) if phase == 0 else module(instrument, pitch, velocity)
+        loss = self.loss(output.float(), wave)
+        loss.backward()
+        return loss.item()
+
+    def sequence_step(self, module, wave, instrument, pitch, velocity) -> float:
+        """Truncated back-propagation: the LSTM state crosses chunk borders, gradients do not."""
+        target = self.encoder_targets(wave)
+        steps, chunk = self.config.steps, self.settings.bptt
+        state, total = None, 0.0
+        for start in range(0, steps, chunk):
+            size = min(chunk, steps - start)
+            last = start + size >= steps
+            sync = nullcontext() if (last or not self.distributed) else module.no_sync()
+            with sync:
+                with self.autocast():
+                    output, state = module(instrument, pitch, velocity, start, size, state)
+                loss = F.mse_loss(output.float(), target[:, start:start + size])
+                (loss * size / steps).backward()
+            state = tuple(h.detach() for h in state)
+            total += loss.item() * size / steps
+        return total
+
+    @torch.no_grad()
+    def encoder_targets(self, wave):
+        with self.autocast():
+            return self.encoder(wave).float().transpose(1, 2)
+
+    @torch.no_grad()
+    def validate(self, phase) -> float:
+        if len(self.valid_set) == 0:
+            return math.nan
+        total, count = 0.0, 0
+        for wave, instrument, pitch, velocity in self.loader(self.valid_set, self.settings.batch_size[phase], 0, False):
+            wave, instrument, pitch, velocity = (t.to(self.device) for t in (wave, instrument, pitch, velocity))
+            with self.autocast():
+                if phase == 0:
+                    loss = self.loss(Autoencoder(self.encoder, self.model.decoder)(wave).float(), wave)
+                elif phase == 1:
+                    output = self.model.sequence_generator(instrument, pitch, velocity).float()
+                    loss = F.mse_loss(output, self.encoder_targets(wave))
+                else:
+                    loss = self.loss(self.model(instrument, pitch, velocity).float(), wave)
+            total += loss.item() * len(wave)
+            count += len(wave)
+        return self._mean(total, count)
+
+    def _sum(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.item()
+
+    def _mean(self, total: float, count: int) -> float:
+        return round(self._sum(total) / max(self._sum(count), 1), 6)
+
+
+def train(settings: TrainSettings, resume: bool = False) -> Path:
+    """Runs (or resumes) the three phases; returns the path of the trained model checkpoint."""
+    trainer = Trainer(settings)
+    try:
+        return trainer.run(resume)
+    finally:
+        if trainer.distributed:
+            dist.destroy_process_group()
