@@ -6,6 +6,7 @@ Loading never executes code: `torch.load(weights_only=True)`, or, for the publis
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,11 +84,19 @@ def load_checkpoint(path, map_location="cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with path.open("rb") as f:
+        magic = f.read(4)
+    # torch.save writes a zip (torch >= 1.6) or pickles whose first object is a magic number: a
+    # PROTO opcode (protocol >= 2) or, in protocols 0 and 1, a long/int opcode
+    if magic != b"PK\x03\x04" and magic[:1] not in (b"\x80", b"L", b"I", b"J", b"K", b"M", b"\x8a"):
+        raise CheckpointError(f"{path}: not a readable checkpoint file (neither a zip nor a pickle)")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():   # torch warns about odd pickles; the error below says it once
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         from .legacy import load_legacy   # a whole pickled module, as the published sing.th
         return load_legacy(path)
     except Exception as exc:   # torch.load raises many types on a corrupt file; all mean the same here
-        raise CheckpointError(f"{path}: cannot read checkpoint ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint file ({str(exc).splitlines()[0]})") from None
     return checkpoint_from_payload(payload, str(path))

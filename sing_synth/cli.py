@@ -42,11 +42,15 @@ def add_train(sub):
     p.add_argument("--lstm-hidden", type=int, default=0, help="override the size's LSTM hidden size")
     p.add_argument("--lstm-layers", type=int, default=0)
     p.add_argument("--channels", type=int, default=0, help="override the size's decoder channels")
+    p.add_argument("--steps", type=int, default=0,
+                   help="frames per note (default 265: 4-s notes); the data's notes must match")
     p.add_argument("--epochs", type=int_tuple(3), default=(50, 50, 20),
                    help="epochs per phase: autoencoder,sequence,end_to_end (one number for all)")
     p.add_argument("--batch-size", type=int_tuple(3), default=(64, 64, 64), help="per phase, as --epochs")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
+    p.add_argument("--resolutions", type=lambda t: tuple(int(v) for v in t.split(",")), default=(1024,),
+                   help="STFT sizes of the spectral loss, e.g. 1024,4096 (default: the paper's 1024)")
     p.add_argument("--bptt", type=int, default=32, help="truncated back-propagation length (phase 2)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
@@ -65,8 +69,8 @@ def run_train(args) -> int:
     from .train import TrainSettings, train
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
-        lstm_layers=args.lstm_layers, channels=args.channels, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, bptt=args.bptt, amp=not args.no_amp,
+        lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, bptt=args.bptt, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress,

@@ -45,10 +45,12 @@ class TrainSettings:
     lstm_hidden: int = 0            # 0: the size's own
     lstm_layers: int = 0
     channels: int = 0
+    steps: int = 0                  # 0: the size's own (265 frames, 4-s notes); fewer for short notes
     epochs: tuple = (50, 50, 20)    # per phase
     batch_size: tuple = (64, 64, 64)
     lr: float = 3e-4
     loss: str = "l1"                # l1 | mse | waveform
+    resolutions: tuple = (1024,)    # STFT sizes of the spectral loss (the paper: 1024 alone)
     bptt: int = 32
     amp: bool = True                # bf16 autocast (CPU and CUDA)
     seed: int = 0                   # model init, shuffling and the split
@@ -90,7 +92,7 @@ class Trainer:
         self._load_data()
         self.model = SING(self.config).to(self.device)
         self.encoder = ConvEncoder(self.config).to(self.device)
-        self.loss = SpectralLoss(s.loss).to(self.device)
+        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
 
@@ -111,7 +113,7 @@ class Trainer:
             raise UserError(f"{s.data}: no notes left after the filters")
         self.instruments = instrument_names(notes)
         overrides = {"n_instruments": max(self.instruments) + 1}
-        for name in ("lstm_hidden", "lstm_layers", "channels"):
+        for name in ("lstm_hidden", "lstm_layers", "channels", "steps"):
             if getattr(s, name):
                 overrides[name] = getattr(s, name)
         self.config = named_config(s.size, **overrides)

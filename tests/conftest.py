@@ -17,11 +17,12 @@ def harmonic_note(pitch: int, velocity: int, rolloff: float, length=LENGTH, samp
         if h * f0 < sample_rate / 2:
             wave += h ** -(rolloff - velocity / 254) * np.sin(2 * np.pi * h * f0 * t)
     attack = np.minimum(t / 0.01, 1.0)
-    release = np.where(t < 3.0, 1.0, np.exp(-(t - 3.0) * 8))
+    held = 0.75 * length / sample_rate       # NSynth: key held 3 s of 4
+    release = np.where(t < held, 1.0, np.exp(-(t - held) * 8))
     return 0.5 * (velocity / 127) ** 1.5 * attack * release * wave / np.abs(wave).max()
 
 
-def make_dataset(root, n_instruments=3, pitches=range(48, 73, 3), velocities=VELOCITIES):
+def make_dataset(root, n_instruments=3, pitches=range(48, 73, 3), velocities=VELOCITIES, length=LENGTH):
     """Writes an NSynth folder; instrument k has harmonics decaying as h^-(1 + k)."""
     notes = []
     for inst in range(n_instruments):
@@ -30,7 +31,7 @@ def make_dataset(root, n_instruments=3, pitches=range(48, 73, 3), velocities=VEL
             for velocity in velocities:
                 note = Note(f"{name}-{pitch:03d}-{velocity:03d}", inst, name, pitch, velocity,
                             "keyboard", "synthetic")
-                write_note(root, note, harmonic_note(pitch, velocity, 1.0 + inst))
+                write_note(root, note, harmonic_note(pitch, velocity, 1.0 + inst, length))
                 notes.append(note)
     write_examples(root, notes)
     return notes
@@ -38,7 +39,8 @@ def make_dataset(root, n_instruments=3, pitches=range(48, 73, 3), velocities=VEL
 
 def dominant_frequency(wave, sample_rate=SAMPLE_RATE):
     """Frequency of the strongest bin of the held part (after the attack, before the release)."""
-    held = np.asarray(wave, dtype=np.float64)[sample_rate // 4: 3 * sample_rate]
+    wave = np.asarray(wave, dtype=np.float64)
+    held = wave[len(wave) // 16: 3 * len(wave) // 4]
     spectrum = np.abs(np.fft.rfft(held * np.hanning(len(held)), n=8 * len(held)))
     return np.argmax(spectrum) * sample_rate / (8 * len(held))
 

@@ -1,0 +1,1 @@
+"""Benchmarks of the SING synthesizer (`python -m bench.render`)."""

@@ -1,0 +1,318 @@
+"""Rendering speed of SING: ms per note, notes/s and achieved FLOP/s, against this machine's GEMM FLOP/s.
+
+    python -m bench.render [--sizes full base small] [--batches 1 8 32] [--min-time 1]
+                           [--threads N] [--device cpu|cuda] [--markdown OUT.md]
+
+For each named size (random weights, seed 0) and batch it times two paths: `reference` (the `SING`
+module in fp32, eval, no_grad) and `fast` (`FastRenderer` in `best_dtype`, bf16 on an AVX-512-bf16
+CPU). Model FLOPs per note are counted analytically from the config (`model_flops`), and compared with
+the FLOP/s a plain square matmul reaches on the same device in the same dtype, measured in the same run.
+"""
+import argparse
+import datetime
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from sing_synth.config import SIZES, SingConfig, named_config
+from sing_synth.fast import FastRenderer, best_dtype
+from sing_synth.model import SING
+
+PATHS = ("reference", "fast")
+DEFAULT_BATCHES = (1, 8, 32)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def model_flops(config: SingConfig) -> dict:
+    """Forward FLOPs of one note (a multiply-add counts 2), from the config alone.
+
+    LSTM: per layer and step the four gates cost 2 * 4H * (in + H), over `steps` steps, plus the
+    Linear(H -> embedding_dim) per step. Decoder, on L = steps - kernel + 1 frames: the kernel-K
+    conv 2 * D * C * K * L, two 1x1 convs 2 * C * C * L each, and the projection of each frame to
+    `frame` samples 2 * C * frame * L (the overlap-add's additions and the element-wise work are
+    left out). Full size: LSTM ~11.2, decoder ~21.8, total ~33.1 GFLOP (SING.md's ~22.5 for the
+    decoder counts all 265 steps instead of the 257 the kernel-9 conv leaves).
+    """
+    hidden, steps = config.lstm_hidden, config.steps
+    input_dim = config.instrument_dim + config.pitch_dim + config.velocity_dim + config.time_dim
+    lstm = 0
+    for layer in range(config.lstm_layers):
+        layer_in = input_dim if layer == 0 else hidden
+        lstm += 2 * 4 * hidden * (layer_in + hidden) * steps
+    lstm += 2 * hidden * config.embedding_dim * steps
+    frames = steps - config.kernel + 1
+    channels, dim = config.channels, config.embedding_dim
+    decoder = (2 * dim * channels * config.kernel * frames
+               + 2 * 2 * channels * channels * frames
+               + 2 * channels * config.frame * frames)
+    return {"lstm": lstm, "decoder": decoder, "total": lstm + decoder}
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_calls(fn, device, min_time: float, max_calls: int = 1000) -> tuple:
+    """Median seconds of `fn()` after one warm-up call, and the number of timed calls.
+
+    If the first timed call takes `min_time` or more, that call alone; otherwise calls repeat until
+    they add up to `min_time` and there are at least 3 of them (at most `max_calls`). The warm-up is
+    left out of the decision: it is often the slow one (first allocations, oneDNN primitive set-up).
+    """
+    device = torch.device(device)
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    times = []
+    while True:
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        if times[0] >= min_time or len(times) >= max_calls:
+            break
+        if len(times) >= 3 and sum(times) >= min_time:
+            break
+    return statistics.median(times), len(times)
+
+
+def measure_gemm(dtypes, device="cpu", n: int = None, min_time: float = 0.5) -> dict:
+    """FLOP/s of an n x n @ n x n matmul for each dtype (2 n^3 FLOPs per product)."""
+    device = torch.device(device)
+    if n is None:
+        n = 8192 if device.type == "cuda" else 2048
+    result = {}
+    generator = torch.Generator().manual_seed(0)
+    for dtype in dict.fromkeys(dtypes):
+        a = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        b = torch.randn(n, n, generator=generator).to(device=device, dtype=dtype)
+        seconds, _ = time_calls(lambda: torch.matmul(a, b), device, min_time)
+        result[dtype] = 2 * n ** 3 / seconds
+        del a, b
+    return result
+
+
+@dataclass
+class Row:
+    size: str
+    batch: int
+    path: str            # "reference" or "fast"
+    dtype: str           # compute dtype of the path, e.g. "fp32", "bf16"
+    ms_per_call: float
+    calls: int           # timed calls the median is taken over
+    ms_per_note: float
+    notes_per_s: float
+    gflops: float        # model GFLOP/s achieved
+    gemm_gflops: float   # this machine's matmul GFLOP/s in the same dtype
+    ratio: float         # gflops / gemm_gflops
+
+    @property
+    def label(self) -> str:
+        return f"{self.dtype} reference" if self.path == "reference" else f"fast ({self.dtype})"
+
+
+def _symbols(batch: int, config: SingConfig, device, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    instrument = torch.randint(0, config.n_instruments, (batch,), generator=generator)
+    pitch = torch.randint(21, 109, (batch,), generator=generator)
+    velocity = torch.randint(0, config.n_velocities, (batch,), generator=generator)
+    return instrument.to(device), pitch.to(device), velocity.to(device)
+
+
+def run_benchmark(sizes=tuple(SIZES), batches=DEFAULT_BATCHES, paths=PATHS, min_time: float = 1.0,
+                  device="cpu", gemm: dict = None, n_instruments: int = 1006, seed: int = 0,
+                  progress=None) -> list:
+    """Times every (size, batch, path); returns a list of `Row`.
+
+    gemm: {dtype: FLOP/s} of this machine's matmul; measured here (`measure_gemm`) when None.
+    progress: optional callable given each row as it is measured.
+    """
+    device = torch.device(device)
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {unknown}: choose from {', '.join(PATHS)}")
+    fast_dtype = best_dtype(device)
+    dtypes = {"reference": torch.float32, "fast": fast_dtype}
+    if gemm is None:
+        gemm = measure_gemm([dtypes[p] for p in paths], device)
+    rows = []
+    for size in sizes:
+        config = named_config(size, n_instruments=n_instruments)
+        flops = model_flops(config)["total"]
+        torch.manual_seed(seed)
+        model = SING(config).to(device).eval()
+        renderers = {}
+        if "reference" in paths:
+            renderers["reference"] = model
+        if "fast" in paths:
+            renderers["fast"] = FastRenderer(model, dtype=fast_dtype, device=device).eval()
+        for batch in batches:
+            symbols = _symbols(batch, config, device, seed)
+            for path in paths:
+                renderer = renderers[path]
+
+                def call(renderer=renderer):
+                    with torch.no_grad():
+                        return renderer(*symbols)
+
+                seconds, calls = time_calls(call, device, min_time)
+                achieved = flops * batch / seconds
+                peak = gemm[dtypes[path]]
+                row = Row(size=size, batch=batch, path=path, dtype=dtype_name(dtypes[path]),
+                          ms_per_call=seconds * 1e3, calls=calls,
+                          ms_per_note=seconds * 1e3 / batch, notes_per_s=batch / seconds,
+                          gflops=achieved / 1e9, gemm_gflops=peak / 1e9, ratio=achieved / peak)
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+        del model, renderers
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def _fmt(value: float) -> str:
+    """Three significant figures, no exponent."""
+    if value == 0 or not math.isfinite(value):
+        return str(value)
+    digits = max(0, 2 - int(math.floor(math.log10(abs(value)))))
+    return f"{value:,.{digits}f}"
+
+
+TABLE_HEADER = ("size", "batch", "path", "ms/note", "notes/s", "model GFLOP/s", "model/GEMM FLOP/s")
+
+
+def markdown_table(rows) -> str:
+    lines = ["| " + " | ".join(TABLE_HEADER) + " |",
+             "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|"]
+    for row in rows:
+        cells = (row.size, str(row.batch), row.label, _fmt(row.ms_per_note), _fmt(row.notes_per_s),
+                 _fmt(row.gflops), f"{row.ratio:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def gemm_line(gemm: dict, n: int, device) -> str:
+    parts = ", ".join(f"{dtype_name(dtype)} {flops / 1e9:,.0f} GFLOP/s" for dtype, flops in gemm.items())
+    return f"GEMM {n}x{n} on {device} ({torch.get_num_threads()} threads): {parts}"
+
+
+def flops_line(sizes) -> str:
+    parts = []
+    for size in sizes:
+        f = model_flops(named_config(size))
+        parts.append(f"{size} {f['total'] / 1e9:.1f} (LSTM {f['lstm'] / 1e9:.1f}, "
+                     f"decoder {f['decoder'] / 1e9:.1f})")
+    return "model GFLOP per note: " + "; ".join(parts)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_line(device) -> str:
+    device = torch.device(device)
+    text = (f"{platform.machine()}, {cpu_name()}, {torch.get_num_threads()} threads, "
+            f"torch {torch.__version__}, Python {platform.python_version()}, {platform.platform()}")
+    if device.type == "cuda":
+        text += f", GPU {torch.cuda.get_device_name(device)}"
+    return text
+
+
+def _load() -> str:
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "n/a"
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.render", description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES),
+                        help="named model sizes (default: all)")
+    parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES),
+                        help="notes per call (default: 1 8 32)")
+    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
+                        help="reference (fp32 SING) and/or fast (FastRenderer in best_dtype)")
+    parser.add_argument("--min-time", type=float, default=1.0,
+                        help="seconds of timed calls per row (at least 3 calls unless one call exceeds it)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--gemm-size", type=int, default=None,
+                        help="matrix size of the GEMM reference (default 2048 on CPU, 8192 on CUDA)")
+    parser.add_argument("--markdown", metavar="OUT", default=None,
+                        help="also write the table, with date, machine and command, to this file")
+    args = parser.parse_args(argv)
+    if any(b < 1 for b in args.batches):
+        parser.error("--batches must be positive")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available in this torch build")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gemm_n = args.gemm_size or (8192 if device.type == "cuda" else 2048)
+    dtypes = {"reference": torch.float32, "fast": best_dtype(device)}
+    load_before = _load()
+    gemm = measure_gemm([dtypes[p] for p in args.paths], device, n=gemm_n, min_time=min(0.5, args.min_time))
+    header = [gemm_line(gemm, gemm_n, device), flops_line(args.sizes)]
+    print("\n".join(header), flush=True)
+    rows = run_benchmark(args.sizes, args.batches, args.paths, args.min_time, device=device, gemm=gemm,
+                         progress=lambda r: print(f"  {r.size} b{r.batch} {r.label}: "
+                                                  f"{r.ms_per_note:.2f} ms/note ({r.calls} calls)",
+                                                  file=sys.stderr, flush=True))
+    table = markdown_table(rows)
+    load = f"load average (1 min, {os.cpu_count()} CPUs) before / after: {load_before} / {_load()}"
+    print(load, file=sys.stderr)
+    print()
+    print(table, flush=True)
+    if args.markdown:
+        argv_text = sys.argv[1:] if argv is None else list(argv)
+        command = "python -m bench.render " + " ".join(shlex.quote(a) for a in argv_text)
+        now = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        text = "\n".join([
+            f"# SING rendering benchmark, {now}",
+            "",
+            f"- machine: {machine_line(device)}",
+            f"- command: `{command.strip()}`",
+            f"- {load}",
+            f"- {header[0]}",
+            f"- {header[1]}",
+            f"- random weights (seed 0), n_instruments 1006; median of timed calls after one warm-up, "
+            f"min time {args.min_time:g} s per row",
+            "",
+            table,
+            "",
+        ])
+        with open(args.markdown, "w") as out:
+            out.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
