@@ -140,12 +140,32 @@ def run_eval(args) -> int:
     return 0
 
 
+# --- convert -------------------------------------------------------------------------------------
+
+def add_convert(sub):
+    p = sub.add_parser("convert", help="rewrite a checkpoint (or the original sing.th) in this format")
+    p.add_argument("source", help="a sing-synth checkpoint or the published sing.th")
+    p.add_argument("target")
+    p.add_argument("--half", action="store_true", help="store the weights in fp16 (half the size)")
+    p.set_defaults(func=run_convert)
+
+
+def run_convert(args) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    ckpt = load_checkpoint(args.source)
+    save_checkpoint(args.target, ckpt.model, ckpt.instruments, ckpt.metadata, half=args.half)
+    print(f"{args.target}: {ckpt.model.config.n_instruments} instruments, "
+          f"{'fp16' if args.half else 'fp32'} weights")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sing-synth", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train(sub)
     add_generate(sub)
     add_eval(sub)
+    add_convert(sub)
     from .soundfont import add_dataset_command
     add_dataset_command(sub)
     return parser

@@ -78,3 +78,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     one_line_error(run_cli("eval", "--checkpoint", ckpt, "--data", tmp_path / "nowhere"), "examples.json")
     one_line_error(run_cli("train", "--data", tmp_path, "--out", tmp_path / "r", "--epochs", "1,2"), "--epochs")
     one_line_error(run_cli("bogus"), "bogus")
+
+
+def test_convert_to_half(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    assert main(["convert", str(ckpt), str(tmp_path / "half.pt"), "--half"]) == 0
+    from sing_synth.checkpoint import load_checkpoint
+    half = load_checkpoint(tmp_path / "half.pt")
+    assert half.instruments == {0: "flute", 1: "organ", 2: "violin"}
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * ckpt.stat().st_size
