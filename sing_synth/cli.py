@@ -117,7 +117,8 @@ def run_generate(args) -> int:
 # --- eval ----------------------------------------------------------------------------------------
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="mean spectral loss of a checkpoint on a split of a dataset")
+    p = sub.add_parser("eval", help="mean spectral loss of a checkpoint on a split of a dataset; with "
+                                    "--report, a comparison with a sampler baseline, pitch and loudness")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "valid", "test", "all"])
@@ -125,18 +126,45 @@ def add_eval(sub):
     p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--report", default="", metavar="OUT",
+                   help="write OUT/report.md, OUT/metrics.json and spectrogram PNGs: spectral L1 of SING "
+                        "and of a sampler baseline (nearest train pitch resampled), pitch error, loudness")
+    p.add_argument("--examples", type=int, default=6, help="notes drawn as spectrograms in the report")
+    p.add_argument("--families", type=names, default=(), help="comma-separated instrument families (report)")
+    p.add_argument("--sources", type=names, default=(), help="acoustic,electronic,synthetic (report)")
+    p.add_argument("--pitch-range", type=int, nargs=2, default=(), metavar=("LO", "HI"),
+                   help="MIDI pitches kept (report)")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_eval)
 
 
 def run_eval(args) -> int:
     from .checkpoint import load_checkpoint
     from .render import evaluate_loss
-    ckpt = load_checkpoint(args.checkpoint)
-    loss, count = evaluate_loss(ckpt.model, args.data, args.split, seed=args.seed, loss=args.loss,
-                                batch_size=args.batch_size, device=args.device)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not args.report and (args.families or args.sources or args.pitch_range):
+        raise UserError("--families, --sources and --pitch-range apply to --report only")
+    result = None
+    if args.report:   # one rendering gives the loss and the report
+        from .evaluate import evaluate
+        result = evaluate(args.checkpoint, args.data, args.split, seed=args.seed, report=args.report,
+                          n_examples=args.examples, batch_size=args.batch_size, device=args.device,
+                          families=args.families, sources=args.sources, pitch_range=tuple(args.pitch_range),
+                          loss=args.loss, progress=not args.no_progress and sys.stderr.isatty())
+        loss, count = result["summary"]["loss_value"], result["summary"]["notes"]
+    else:
+        ckpt = load_checkpoint(args.checkpoint)
+        loss, count = evaluate_loss(ckpt.model, args.data, args.split, seed=args.seed, loss=args.loss,
+                                    batch_size=args.batch_size, device=args.device)
     if count == 0:
         raise UserError(f"{args.data}: the {args.split} split is empty")
     print(f"{args.split}: {count} notes, {args.loss} spectral loss {loss:.6f}")
+    if result is not None:
+        from .evaluate import summary_lines
+        for line in summary_lines(result):
+            print(line)
+        print(f"report: {Path(args.report) / 'report.md'}")
     return 0
 
 

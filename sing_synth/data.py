@@ -160,7 +160,7 @@ def split_notes(notes: Iterable[Note], seed: int = 0, valid: float = 0.1,
 # ---------------------------------------------------------------------------------------------
 # Audio dataset
 
-def _velocity_index(velocity_rows) -> dict[int, int]:
+def velocity_index(velocity_rows) -> dict[int, int]:
     """MIDI velocity -> embedding row; 0 marks an unused row."""
     return {v: i for i, v in enumerate(velocity_rows) if v != 0}
 
@@ -198,7 +198,7 @@ class NSynthDataset(torch.utils.data.Dataset):
         self.velocity_rows = tuple(velocity_rows)
         self.sample_rate = sample_rate
         self.length = length
-        index = _velocity_index(self.velocity_rows)
+        index = velocity_index(self.velocity_rows)
         for note in self.notes:
             if note.velocity not in index:
                 raise DatasetError(

@@ -4,6 +4,7 @@ import torch
 
 from .checkpoint import Checkpoint
 from .data import load_split
+from .device import resolve_device
 from .errors import UserError
 from .fast import FastRenderer
 from .loss import SpectralLoss
@@ -41,11 +42,8 @@ def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True
             raise UserError(f"pitch {pitch} is out of range 0..{config.n_pitches - 1}")
         if not 1 <= velocity <= 127:
             raise UserError(f"velocity {velocity} is out of range 1..127")
-    try:
-        device = torch.device(device)
-        model = ckpt.model.to(device)
-    except (RuntimeError, ValueError) as exc:
-        raise UserError(f"device {device}: {str(exc).splitlines()[0]}") from None
+    device = resolve_device(device)
+    model = ckpt.model.to(device)
     renderer = FastRenderer(model, device=device) if fast else model.eval()
     waves = []
     for begin in range(0, len(notes), batch_size):
@@ -64,6 +62,7 @@ def evaluate_loss(model: SING, data, split="test", seed=0, loss="l1", batch_size
     config = model.config
     dataset = load_split(data, split, seed=seed, velocity_rows=config.velocity_rows,
                          sample_rate=config.sample_rate, length=config.length)
+    device = resolve_device(device)
     criterion = SpectralLoss(loss).to(device)
     model = model.to(device).eval()
     total, count = 0.0, 0

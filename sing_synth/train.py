@@ -26,6 +26,7 @@ from .checkpoint import atomic_save, checkpoint_from_payload, model_payload
 from .config import SingConfig, named_config
 from .data import filter_notes, instrument_names, load_split, read_examples
 from .decoder import ConvEncoder
+from .device import resolve_device
 from .errors import UserError
 from .loss import SpectralLoss
 from .model import SING, Autoencoder
@@ -59,7 +60,7 @@ class TrainSettings:
     pitch_range: tuple = ()
     in_memory: bool = True
     workers: int = 0
-    device: str = ""                # "" picks cuda when there is one
+    device: str = ""                # "" picks the best: cuda, mps, cpu
     progress: bool = True
     metadata: dict = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ class Trainer:
         self.out = Path(s.out)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.rank, self.world = 0, 1
-        self.device = torch.device(s.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = resolve_device(s.device)
         if self.distributed:
             self._init_distributed()
         torch.manual_seed(s.seed)

@@ -87,3 +87,12 @@ def test_convert_to_half(tmp_path):
     half = load_checkpoint(tmp_path / "half.pt")
     assert half.instruments == {0: "flute", 1: "organ", 2: "violin"}
     assert (tmp_path / "half.pt").stat().st_size < 0.6 * ckpt.stat().st_size
+
+
+def test_missing_device_is_one_line(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt")
+    result = run_cli("generate", "--checkpoint", ckpt, "--instrument", "0", "--pitch", "60",
+                     "--device", "cuda:7", "-o", tmp_path)
+    one_line_error(result, "cuda:7")
+    one_line_error(run_cli("generate", "--checkpoint", ckpt, "--instrument", "0", "--pitch", "60",
+                           "--device", "abacus", "-o", tmp_path), "abacus")

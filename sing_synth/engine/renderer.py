@@ -1,0 +1,446 @@
+"""The note renderer: SING resident on one device, rendering whole notes in a background thread.
+
+A note is keyed by ``(instrument_key, pitch, velocity_row)``: ``instrument_key`` is a normalised
+blend (see `instrument_key`), ``pitch`` the MIDI note and ``velocity_row`` the row of the model's
+velocity table (`SingConfig.velocity_row`).  Rendering happens in ONE worker thread, in batches,
+never on the caller's thread; urgent requests (a key pressed now) go ahead of prewarming.  Each
+note is resampled once, model rate -> stream rate (soxr, float32 mono), and kept in an LRU cache
+bounded by ``cache_mb``.
+
+Eviction and playing voices: the cache only drops its own reference.  A voice that is playing an
+evicted note holds the array itself, so the note plays on to its end and is freed when the last
+reference goes (the mixer hands finished notes back to the control thread for that, see
+`mixer.Mixer.collect`); there is no pin/unpin.  Memory is therefore bounded by ``cache_mb`` plus
+the notes currently sounding (at most the mixer's polyphony, ~0.77 MB each at 48 kHz).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import threading
+import time
+from collections import OrderedDict, deque
+from pathlib import Path
+
+import numpy as np
+import soxr
+import torch
+
+from ..checkpoint import Checkpoint, load_checkpoint
+from ..fast import FastRenderer, best_dtype
+
+URGENT, PREWARM = 0, 1
+FADE_IN_S = 0.001    # against a click at the very first sample
+FADE_OUT_S = 0.010   # a note that is cut at 4 s by the model's length ends on zero
+
+
+try:
+    from ..device import resolve_device as _resolve_device
+except ImportError:     # pragma: no cover - older trees without sing_synth.device
+    _resolve_device = None
+
+
+def best_device(force=None) -> torch.device:
+    """The device notes render on: ``force`` if given (checked by `sing_synth.device`: a
+    missing device is a UserError), else cuda, then mps, then cpu ('auto' means the same)."""
+    if _resolve_device is not None:
+        return _resolve_device(force)
+    if force not in (None, "", "auto"):
+        return torch.device(force)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def instrument_key(blend) -> tuple:
+    """A hashable, normalised instrument blend: ``((name_or_id, weight), ...)``, sorted, weights
+    > 0 summing to 1 (rounded to 6 decimals, so equal blends give equal keys).
+
+    ``blend``: an id (int), a name (str), a mapping {name_or_id: weight}, pairs, an existing key,
+    or anything with an ``instrument`` attribute (a `presets.Preset`)."""
+    if hasattr(blend, "instrument"):
+        blend = blend.instrument
+    if isinstance(blend, (int, np.integer)) and not isinstance(blend, bool):
+        return ((int(blend), 1.0),)
+    if isinstance(blend, str):
+        return ((blend, 1.0),)
+    items = blend.items() if hasattr(blend, "items") else blend
+    weights: dict = {}
+    for name, weight in items:
+        if isinstance(name, (np.integer,)):
+            name = int(name)
+        if isinstance(name, bool) or not isinstance(name, (int, str)):
+            raise ValueError(f"instrument {name!r}: give a name or an id")
+        weight = float(weight)
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(f"instrument {name!r}: weight {weight!r} must be >= 0")
+        if weight > 0:
+            weights[name] = weights.get(name, 0.0) + weight
+    total = sum(weights.values())
+    if not weights or not np.isfinite(total) or total <= 0:
+        raise ValueError(f"instrument blend {blend!r} has no positive weight")
+    pairs = [(name, round(w / total, 6)) for name, w in weights.items()]
+    return tuple(sorted(pairs, key=lambda p: (isinstance(p[0], str), p[0])))
+
+
+def prewarm_order(pitch_range) -> list:
+    """The pitches of ``pitch_range`` (lo, hi inclusive) nearest middle C (60) first: the order
+    to prewarm them in (60, 59, 61, 58, 62, ...)."""
+    lo, hi = int(pitch_range[0]), int(pitch_range[1])
+    return sorted(range(lo, hi + 1), key=lambda p: (abs(p - 60), p))
+
+
+class NoteRenderer:
+    """SING resident on one device; renders notes in one background thread into an LRU cache.
+
+    Args:
+        checkpoint: a path (loaded with `checkpoint.load_checkpoint`) or a `Checkpoint`.
+        device: forced device ('cpu', 'cuda', ...); default `best_device()`.
+        stream_rate: the audio stream's rate; every note is resampled to it once.
+        cache_mb: bound of the cache in MiB (numpy nbytes of the stored notes).
+        batch_size: notes per forward pass (8 is the sweet spot on CPU, MACHINE-NOTES.md).
+        on_ready: ``f(key, array)`` called on the worker thread for every note rendered
+            (see also `add_ready_callback`).
+        dtype: compute dtype of the fast path; default `fast.best_dtype(device)`.
+        prewarm_batch_size: notes per prewarm batch (default ``batch_size``); smaller bounds
+            how long an urgent request can wait behind a prewarm batch, at some throughput.
+
+    Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
+    seven prewarm notes rendered with it); a prewarm batch holds prewarm requests.  An urgent
+    request arriving while a prewarm batch renders waits for that batch (one batch, ~0.1 s for
+    the small model on 2 CPU threads; see ``prewarm_batch_size``).
+
+    Thread safety: every public method may be called from any thread except the audio thread
+    (they take a lock shared with the worker; the worker never holds it while rendering or
+    calling callbacks).
+    """
+
+    def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
+                 on_ready=None, dtype=None, prewarm_batch_size=None):
+        if isinstance(checkpoint, (str, Path)):
+            checkpoint = load_checkpoint(checkpoint)
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError("checkpoint: give a path or a sing_synth.checkpoint.Checkpoint")
+        self.device = best_device(device)
+        self.dtype = dtype or best_dtype(self.device)
+        self.config = checkpoint.model.config
+        self.model_rate = int(self.config.sample_rate)
+        self.stream_rate = int(stream_rate)
+        self.batch_size = max(1, int(batch_size))
+        self.prewarm_batch_size = max(1, int(prewarm_batch_size or batch_size))
+        self.cache_limit = int(float(cache_mb) * 2 ** 20)
+        self.instruments = {int(k): str(v) for k, v in checkpoint.instruments.items()}
+        self._ids = {name: idx for idx, name in self.instruments.items()}
+        # FastRenderer copies the weights onto the device; the checkpoint's model stays put
+        self.fast = FastRenderer(checkpoint.model.eval(), dtype=self.dtype, device=self.device)
+        self.note_length = int(round(self.config.length * self.stream_rate / self.model_rate))
+
+        self._callbacks = [on_ready] if on_ready is not None else []
+        self._cond = threading.Condition()
+        self._heap: list = []              # (priority, seq, key); stale entries skipped lazily
+        self._queued: dict = {}            # key -> priority of its live heap entry
+        self._seq = itertools.count()
+        self._in_flight: set = set()
+        self._requested_at: dict = {}      # key -> perf_counter of its first urgent request
+        self._cache: OrderedDict = OrderedDict()
+        self._cache_bytes = 0
+        self._prewarm_pending: set = set()
+        self._prewarm_done = 0
+        self._prewarm_total = 0
+        self._urgent_delays = deque(maxlen=4096)   # seconds, request -> ready
+        self._counts = dict(hits=0, misses=0, rendered=0, evictions=0, errors=0, batches=0)
+        self._last_error = None
+        self._last_batch_s = None
+        self._last_batch_n = 0
+        self._closed = False
+        ramp_in = np.linspace(0, 1, max(2, int(FADE_IN_S * self.stream_rate)), dtype=np.float32)
+        ramp_out = np.linspace(0, 1, max(2, int(FADE_OUT_S * self.stream_rate)), dtype=np.float32)
+        self._fade_in = np.sin(0.5 * np.pi * ramp_in) ** 2      # raised-cosine ramps
+        self._fade_out = np.cos(0.5 * np.pi * ramp_out) ** 2
+        self._fade_in[0] = self._fade_out[-1] = 0.0
+        self._thread = threading.Thread(target=self._worker, name="sing-note-renderer", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------ keys
+    def make_key(self, instrument, pitch: int, velocity: int) -> tuple:
+        """The cache key of (instrument blend, MIDI pitch, MIDI velocity 1..127)."""
+        return (instrument_key(instrument), int(pitch), self.config.velocity_row(int(velocity)))
+
+    def check_key(self, key) -> tuple:
+        """Raises ValueError unless ``key`` is a valid (instrument_key, pitch, velocity_row)."""
+        try:
+            inst, pitch, row = key
+            hash(key)
+        except (TypeError, ValueError):
+            raise ValueError(f"bad note key {key!r}: expected (instrument_key, pitch, velocity_row)") from None
+        self._instrument_ids(inst)
+        if isinstance(pitch, bool) or not isinstance(pitch, (int, np.integer)) \
+                or not 0 <= pitch < self.config.n_pitches:
+            raise ValueError(f"pitch {pitch!r} is out of range 0..{self.config.n_pitches - 1}")
+        if isinstance(row, bool) or not isinstance(row, (int, np.integer)) \
+                or not 0 <= row < self.config.n_velocities:
+            raise ValueError(f"velocity row {row!r} is out of range 0..{self.config.n_velocities - 1}")
+        return key
+
+    def _instrument_ids(self, inst) -> list:
+        pairs = []
+        try:
+            for name, weight in inst:
+                if isinstance(name, str):
+                    idx = self._ids.get(name)
+                    if idx is None and name.strip().isdigit():
+                        idx = int(name)
+                else:
+                    idx = int(name)
+                if idx is None or not 0 <= idx < self.config.n_instruments:
+                    raise ValueError(f"unknown instrument {name!r}")
+                pairs.append((idx, float(weight)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad instrument key {inst!r}: {exc}") from None
+        if not pairs or sum(w for _, w in pairs) <= 0:
+            raise ValueError(f"instrument key {inst!r} has no positive weight")
+        return pairs
+
+    def _vector(self, inst) -> torch.Tensor:
+        weights = torch.zeros(self.config.n_instruments)
+        for idx, w in self._instrument_ids(inst):
+            weights[idx] += w
+        return weights / weights.sum()
+
+    # ------------------------------------------------------------------ requests
+    def add_ready_callback(self, callback) -> None:
+        """``callback(key, array)``, called on the worker thread for each note rendered."""
+        with self._cond:
+            self._callbacks.append(callback)
+
+    def get(self, key):
+        """The cached note (marking it recently used), or None; queues nothing."""
+        with self._cond:
+            note = self._cache.get(key)
+            if note is not None:
+                self._cache.move_to_end(key)
+            return note
+
+    def request(self, key, urgent=True):
+        """The cached note for ``key`` at once, or None after queueing it (urgent: ahead of every
+        prewarm request).  Raises ValueError for a bad key (before queueing anything)."""
+        with self._cond:
+            note = self._cache.get(key)
+            if note is not None:
+                self._cache.move_to_end(key)
+                self._counts["hits"] += 1
+                return note
+        self.check_key(key)
+        with self._cond:
+            if self._closed:
+                return None
+            note = self._cache.get(key)     # rendered meanwhile
+            if note is not None:
+                self._cache.move_to_end(key)
+                self._counts["hits"] += 1
+                return note
+            self._counts["misses"] += 1
+            if urgent:
+                self._requested_at.setdefault(key, time.perf_counter())
+            if key in self._in_flight:
+                return None
+            prio = URGENT if urgent else PREWARM
+            if self._queued.get(key, PREWARM + 1) > prio:   # not queued, or promoted to urgent
+                self._queued[key] = prio
+                heapq.heappush(self._heap, (prio, next(self._seq), key))
+                self._cond.notify()
+            return None
+
+    def prewarm(self, keys) -> int:
+        """Queues ``keys`` behind every urgent request, in the order given (callers order them
+        middle octaves first: `prewarm_order`).  Bad keys are skipped (counted in status's
+        errors).  Returns the number of notes queued."""
+        queued = 0
+        for key in keys:
+            try:
+                self.check_key(key)
+            except ValueError as exc:
+                with self._cond:
+                    self._counts["errors"] += 1
+                    self._last_error = f"prewarm: {exc}"
+                continue
+            with self._cond:
+                if self._closed or key in self._prewarm_pending:
+                    continue
+                self._prewarm_total += 1
+                if key in self._cache:
+                    self._prewarm_done += 1
+                    continue
+                self._prewarm_pending.add(key)
+                if key in self._in_flight or key in self._queued:
+                    continue
+                self._queued[key] = PREWARM
+                heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
+                queued += 1
+                self._cond.notify()
+        return queued
+
+    def wait_idle(self, timeout=None) -> bool:
+        """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queued or self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    @property
+    def urgent_delays_ms(self) -> list:
+        """Delays request -> ready of the recent urgent requests, in ms."""
+        with self._cond:
+            return [1000.0 * d for d in self._urgent_delays]
+
+    def status(self) -> dict:
+        with self._cond:
+            delays = [1000.0 * d for d in self._urgent_delays]
+            per_note = (1000.0 * self._last_batch_s / self._last_batch_n
+                        if self._last_batch_s is not None and self._last_batch_n else None)
+            return {
+                "device": str(self.device),
+                "dtype": str(self.dtype).replace("torch.", ""),
+                "cached_notes": len(self._cache),
+                "cache_mb": self._cache_bytes / 2 ** 20,
+                "cache_limit_mb": self.cache_limit / 2 ** 20,
+                "queue": len(self._queued),
+                "rendering": len(self._in_flight),
+                "prewarm_done": self._prewarm_done,
+                "prewarm_total": self._prewarm_total,
+                "last_urgent_ms": delays[-1] if delays else None,
+                "urgent_p50_ms": float(np.median(delays)) if delays else None,
+                "render_ms_per_note": per_note,
+                "last_error": self._last_error,
+                "alive": self._thread.is_alive(),
+                **self._counts,
+            }
+
+    def close(self, timeout=5.0) -> None:
+        """Stops the worker (after the batch it is rendering) and drops the queue."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._queued.clear()
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ worker
+    def _next_batch(self) -> list:
+        """Pops the next batch (called with the lock held): urgent keys only, or prewarm keys only."""
+        batch, kind, limit = [], None, self.batch_size
+        while self._heap and len(batch) < limit:
+            prio, _, key = self._heap[0]
+            if self._queued.get(key) != prio or key in self._in_flight:
+                heapq.heappop(self._heap)     # stale: promoted, taken, or dropped
+                if key in self._in_flight and self._queued.get(key) == prio:
+                    del self._queued[key]
+                continue
+            if kind is not None and prio != kind:
+                break
+            heapq.heappop(self._heap)
+            kind = prio
+            limit = self.batch_size if prio == URGENT else self.prewarm_batch_size
+            del self._queued[key]
+            batch.append(key)
+        if not self._heap and not batch:
+            self._queued.clear()     # never reached when consistent; never spin on it
+        return batch
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closed and not self._queued:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._next_batch()
+                self._in_flight.update(batch)
+                callbacks = list(self._callbacks)
+            if not batch:
+                continue
+            ready = []
+            try:
+                start = time.perf_counter()
+                notes = self._render(batch)
+                elapsed = time.perf_counter() - start
+                with self._cond:
+                    now = time.perf_counter()
+                    for key, note in zip(batch, notes):
+                        self._store(key, note)
+                        asked = self._requested_at.pop(key, None)
+                        if asked is not None:
+                            self._urgent_delays.append(now - asked)
+                        if key in self._prewarm_pending:
+                            self._prewarm_pending.discard(key)
+                            self._prewarm_done += 1
+                        ready.append((key, note))
+                    self._counts["rendered"] += len(batch)
+                    self._counts["batches"] += 1
+                    self._last_batch_s, self._last_batch_n = elapsed, len(batch)
+            except Exception as exc:   # a failed batch is reported, never kills the worker
+                with self._cond:
+                    self._counts["errors"] += 1
+                    self._last_error = f"render: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                    for key in batch:
+                        self._requested_at.pop(key, None)
+                        if key in self._prewarm_pending:
+                            self._prewarm_pending.discard(key)
+                            self._prewarm_total -= 1
+            for key, note in ready:
+                for callback in callbacks:
+                    try:
+                        callback(key, note)
+                    except Exception as exc:
+                        with self._cond:
+                            self._counts["errors"] += 1
+                            self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
+            with self._cond:       # idle only once the callbacks are done (`wait_idle`)
+                self._in_flight.difference_update(batch)
+                self._cond.notify_all()
+
+    def _render(self, batch) -> list:
+        """Renders a batch on the model's device; returns float32 arrays at the stream rate."""
+        instrument = torch.stack([self._vector(key[0]) for key in batch]).to(self.device)
+        pitch = torch.tensor([int(key[1]) for key in batch], device=self.device)
+        velocity = torch.tensor([int(key[2]) for key in batch], device=self.device)
+        with torch.inference_mode():
+            waves = self.fast(instrument, pitch, velocity).float().cpu().numpy()
+        return [self._prepare(wave) for wave in waves]
+
+    def _prepare(self, wave: np.ndarray) -> np.ndarray:
+        wave = np.nan_to_num(np.asarray(wave, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        if self.stream_rate != self.model_rate:
+            wave = soxr.resample(wave, self.model_rate, self.stream_rate, quality="HQ")
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
+        n_in, n_out = min(len(self._fade_in), len(wave)), min(len(self._fade_out), len(wave))
+        wave[:n_in] *= self._fade_in[:n_in]
+        wave[len(wave) - n_out:] *= self._fade_out[len(self._fade_out) - n_out:]
+        wave.flags.writeable = False     # shared by the cache and every voice playing it
+        return wave
+
+    def _store(self, key, note) -> None:
+        """LRU insert (lock held); a note larger than the whole cache is delivered, not kept."""
+        old = self._cache.pop(key, None)
+        if old is not None:
+            self._cache_bytes -= old.nbytes
+        self._cache[key] = note
+        self._cache_bytes += note.nbytes
+        while self._cache_bytes > self.cache_limit and self._cache:
+            _, evicted = self._cache.popitem(last=False)
+            self._cache_bytes -= evicted.nbytes
+            self._counts["evictions"] += 1

@@ -1,0 +1,182 @@
+"""The real-time half, driven by calling `Mixer.callback` directly with numpy buffers."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from engine_fakes import BLOCK, RATE, cents, frequency, make_mixer, run, sine_note
+from sing_synth.engine.mixer import (ACTIVE, FADING, FREE, RELEASED, AllNotesOff, AllSoundOff, Mixer,
+                                     ChannelGain, ChannelPan, NoteOff, NoteOn, PitchBend, Sustain)
+
+
+def test_plays_a_note_at_its_pitch_and_unity_gain():
+    mixer = make_mixer()
+    note = sine_note(69)
+    mixer.post(NoteOn(0, 69, note, gain=1.0, release=0.05))
+    out = run(mixer, seconds=1.0)
+    assert abs(cents(frequency(out[4800:, 0]), 440.0)) < 10
+    # one quiet voice, centre pan, unity gains: the note itself, untouched by the limiter
+    np.testing.assert_allclose(out[:, 0], note[:len(out)], atol=1e-6)
+    np.testing.assert_allclose(out[:, 1], note[:len(out)], atol=1e-6)
+    assert mixer.active_voices == 1 and mixer.limiter_gain == 1.0
+
+
+@pytest.mark.parametrize("curve", ["exp", "linear"])
+def test_note_off_fades_within_release_without_click(curve):
+    mixer = make_mixer(release_curve=curve)
+    release = 0.05
+    mixer.post(NoteOn(0, 81, sine_note(81), gain=1.0, release=release))
+    before = run(mixer, blocks=20)
+    mixer.post(NoteOff(0, 81))
+    after = run(mixer, seconds=release + 0.02)
+    steady_step = np.abs(np.diff(before[2000:, 0])).max()        # 2 pi f A / rate
+    joined = np.concatenate([before[:, 0], after[:, 0]])
+    assert np.abs(np.diff(joined)).max() <= 1.1 * steady_step + 1e-3
+    end = int(release * RATE) + BLOCK
+    assert np.all(after[end:] == 0)
+    assert np.abs(after[:BLOCK, 0]).max() > 0.3                   # still sounding right after
+    assert mixer.active_voices == 0 and mixer.v_state.max() == FREE
+    assert mixer.collect() == 1                                    # the note came back to us
+
+
+def test_sustain_holds_until_pedal_up():
+    mixer = make_mixer()
+    mixer.post(Sustain(0, True))
+    mixer.post(NoteOn(0, 60, sine_note(60), release=0.05))
+    mixer.post(NoteOff(0, 60))
+    held = run(mixer, seconds=0.5)
+    assert np.abs(held[-4800:, 0]).max() > 0.4
+    assert mixer.v_state[0] == ACTIVE and mixer.v_sustained[0]
+    mixer.post(Sustain(0, False))
+    after = run(mixer, seconds=0.1)
+    assert np.all(after[int(0.05 * RATE) + BLOCK:] == 0)
+
+
+def test_varispeed_bend_moves_pitch_by_200_cents():
+    mixer = make_mixer()
+    mixer.post(NoteOn(3, 69, sine_note(69)))
+    mixer.post(PitchBend(3, 2 ** (200 / 1200)))
+    out = run(mixer, seconds=1.0)
+    assert abs(cents(frequency(out[4800:, 0]), 440.0) - 200) < 10
+    mixer.post(PitchBend(3, 1.0))     # back: the fractional position is interpolated on
+    out = run(mixer, seconds=0.5)
+    assert abs(cents(frequency(out[2400:, 0]), 440.0)) < 10
+
+
+def test_all_sound_off_and_all_notes_off_silence():
+    mixer = make_mixer()
+    for ch, pitch in ((0, 60), (0, 64), (1, 67)):
+        mixer.post(NoteOn(ch, pitch, sine_note(pitch), release=0.3))
+    run(mixer, blocks=4)
+    mixer.post(AllSoundOff(0))
+    out = run(mixer, blocks=4)
+    assert mixer.active_voices == 1 and mixer.v_channel[mixer.v_state == ACTIVE][0] == 1
+    mixer.post(AllNotesOff())
+    out = run(mixer, seconds=0.35)
+    assert np.all(out[-BLOCK:] == 0) and mixer.sounding_voices == 0
+
+
+def test_channel_gain_and_pan_ramp_without_steps():
+    mixer = make_mixer()
+    mixer.post(NoteOn(0, 45, sine_note(45), gain=1.0))
+    run(mixer, blocks=2)
+    mixer.post(ChannelGain(0, 0.25))
+    mixer.post(ChannelPan(0, -1.0))
+    out = run(mixer, blocks=8)
+    assert np.abs(out[-BLOCK:, 1]).max() < 1e-6                    # hard left
+    assert np.abs(out[-BLOCK:, 0]).max() == pytest.approx(0.5 * 0.25 * np.sqrt(2), rel=0.02)
+    assert np.abs(np.diff(out[:, 1])).max() < 0.01                 # ramped over the block
+
+
+def test_128_loud_voices_never_exceed_full_scale():
+    mixer = Mixer(RATE, blocksize_max=1024, polyphony=128, master_gain=1.0)
+    rng = np.random.default_rng(0)
+    for v in range(128):
+        pitch = int(rng.integers(36, 96))
+        mixer.post(NoteOn(v % 16, pitch, sine_note(pitch, amplitude=1.0), gain=4.0))
+    out = run(mixer, seconds=0.5)
+    assert mixer.active_voices == 128
+    assert np.abs(out).max() <= 1.0
+    assert np.isfinite(out).all() and np.abs(out).max() > 0.5
+    assert mixer.limiter_gain < 0.05
+
+
+def test_voice_stealing_takes_released_first_then_oldest():
+    mixer = make_mixer(polyphony=4, steal_fade=0.02)
+    for pitch in (60, 61, 62, 63):
+        mixer.post(NoteOn(0, pitch, sine_note(pitch, seconds=1.0), release=1.0))
+    mixer.post(NoteOff(0, 62))
+    run(mixer, blocks=1)
+    slot = {int(mixer.v_pitch[i]): i for i in range(mixer.n_slots) if mixer.v_state[i] != FREE}
+    assert mixer.v_state[slot[62]] == RELEASED
+    mixer.post(NoteOn(0, 64, sine_note(64, seconds=1.0)))
+    run(mixer, blocks=1)
+    assert mixer.v_state[slot[62]] == FADING and mixer.steals == 1     # released one first
+    mixer.post(NoteOn(0, 65, sine_note(65, seconds=1.0)))
+    run(mixer, blocks=1)
+    assert mixer.v_state[slot[60]] == FADING and mixer.steals == 2     # then the oldest
+    playing = sorted(int(mixer.v_pitch[i]) for i in range(mixer.n_slots)
+                     if mixer.v_state[i] in (ACTIVE, RELEASED))
+    assert playing == [61, 63, 64, 65] and mixer.active_voices == 4
+    run(mixer, blocks=6)                                               # stolen voices faded out
+    assert np.count_nonzero(mixer.v_state == FADING) == 0
+
+
+def test_callback_survives_garbage_state_and_fills_outdata():
+    mixer = make_mixer()
+    for pitch in range(60, 68):
+        mixer.post(NoteOn(0, pitch, sine_note(pitch)))
+    run(mixer, blocks=1)
+    mixer.v_note[0] = None                      # a voice without a note
+    mixer.v_pos[1] = np.nan
+    mixer.v_rate[2] = -3.0
+    mixer.v_state[3] = 9                        # no such state
+    mixer.v_note[4] = "not an array"
+    mixer.v_gain[5] = np.inf
+    bad = np.full(1000, np.nan, np.float32)
+    mixer.post(NoteOn(1, 70, bad))              # a note full of NaN
+    mixer.post("not an event")
+    mixer.post(NoteOn(99, 60, sine_note(60)))   # no such channel
+    mixer.post(NoteOn(0, 60, [1, 2, 3]))        # not a float32 array
+    out = np.full((BLOCK, 2), 7.0, np.float32)
+    for _ in range(3):
+        mixer.callback(out, BLOCK, None, None)
+        assert np.isfinite(out).all() and np.abs(out).max() <= 1.0
+    assert mixer.voice_errors >= 5 and mixer.bad_events == 3
+    # wrong shapes and dtypes: the block is zeroed, nothing raises
+    ints = np.full((BLOCK, 2), 7, np.int16)
+    mixer.callback(ints, BLOCK, None, None)
+    assert np.all(ints == 0) and mixer.errors >= 1
+    for frames in (0, 1, 5000):                 # 5000 > blocksize_max: mixed in passes
+        out = np.full((frames, 2), 7.0, np.float32)
+        mixer.callback(out, frames, None, "output underflow")
+        assert np.all(np.abs(out) <= 1.0)
+    assert mixer.xruns == 3
+    stats = mixer.stats()
+    assert stats["last_error"] and stats["callbacks"] >= 7
+
+
+def test_no_allocation_in_steady_state():
+    mixer = Mixer(RATE, blocksize_max=1024, polyphony=128)
+    for v in range(48):
+        mixer.post(NoteOn(v % 4, 40 + v, sine_note(40 + v, seconds=3.0), release=2.0))
+    mixer.post(PitchBend(1, 1.03))              # channel 1 at varispeed
+    out = np.zeros((BLOCK, 2), np.float32)
+    for _ in range(20):
+        mixer.callback(out, BLOCK, None, None)
+    for v in range(0, 48, 4):                   # some voices in their (2 s) release
+        mixer.post(NoteOff(2, 40 + v + 2))
+    for _ in range(20):
+        mixer.callback(out, BLOCK, None, None)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(200):
+            mixer.callback(out, BLOCK, None, None)
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 2048, f"net growth {after - before} bytes"
+    assert peak - before < 16384, f"transient peak {peak - before} bytes (a buffer allocated?)"
+    assert mixer.sounding_voices == 48 and mixer.errors == 0 and mixer.voice_errors == 0

@@ -1,0 +1,143 @@
+"""NoteRenderer on a tiny random-weights checkpoint (CPU, one torch thread)."""
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from sing_synth.checkpoint import save_checkpoint
+from sing_synth.config import SingConfig
+from sing_synth.engine import NoteRenderer, best_device, instrument_key, prewarm_order
+from sing_synth.model import SING
+
+NOTE_BYTES = 192000 * 4
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = SING(SingConfig(n_instruments=3, lstm_hidden=16, lstm_layers=1, channels=32))
+    path = tmp_path_factory.mktemp("engine") / "tiny.pt"
+    save_checkpoint(path, model, instruments={0: "flute", 1: "violin", 2: "organ"})
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class Recorder:
+    def __init__(self):
+        self.keys, self.lock = [], threading.Lock()
+
+    def __call__(self, key, note):
+        with self.lock:
+            self.keys.append(key)
+
+
+def test_keys_and_prewarm_order():
+    assert instrument_key("flute") == (("flute", 1.0),)
+    assert instrument_key({"violin": 1, "flute": 3}) == (("flute", 0.75), ("violin", 0.25))
+    assert instrument_key({"violin": 0.25, "flute": 0.75}) == instrument_key([("flute", 3), ("violin", 1)])
+    assert instrument_key(2) == ((2, 1.0),)
+    with pytest.raises(ValueError):
+        instrument_key({"flute": 0})
+    assert prewarm_order((57, 63)) == [60, 59, 61, 58, 62, 57, 63]
+    assert best_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert best_device().type == expected
+
+
+def test_urgent_before_prewarm_and_resampled_length(tiny_checkpoint, one_thread):
+    recorder = Recorder()
+    with NoteRenderer(tiny_checkpoint, device="cpu", stream_rate=48000, cache_mb=64,
+                      batch_size=4, on_ready=recorder, dtype=torch.float32) as renderer:
+        flute = instrument_key("flute")
+        prewarm = [(flute, p, 3) for p in prewarm_order((48, 72))]
+        urgent = (instrument_key({"violin": 0.5, "organ": 0.5}), 64, 1)
+        # queue everything while the worker waits on the lock, so the order is deterministic
+        with renderer._cond:
+            assert renderer.prewarm(prewarm) == len(prewarm)
+            assert renderer.request(urgent) is None
+            assert renderer.status()["queue"] == len(prewarm) + 1
+        assert renderer.wait_idle(timeout=60)
+        assert recorder.keys[0] == urgent
+        assert recorder.keys[1:] == prewarm                      # prewarm order kept
+        note = renderer.request(urgent)                          # now a cache hit
+        assert note is not None and note.dtype == np.float32 and note.ndim == 1
+        assert len(note) == 64000 * 48000 // 16000 == renderer.note_length
+        assert not note.flags.writeable and np.isfinite(note).all()
+        assert note[0] == 0 and note[-1] == 0                    # faded ends
+        status = renderer.status()
+        assert status["prewarm_done"] == status["prewarm_total"] == len(prewarm)
+        assert status["cached_notes"] == len(prewarm) + 1 and status["queue"] == 0
+        assert status["last_urgent_ms"] is not None and status["errors"] == 0
+        assert status["device"] == "cpu" and status["hits"] == 1
+
+
+def test_lru_cache_bound(tiny_checkpoint, one_thread):
+    # 2 MiB holds two 48 kHz notes (768,000 bytes each), not three
+    with NoteRenderer(tiny_checkpoint, device="cpu", cache_mb=2, batch_size=8,
+                      dtype=torch.float32) as renderer:
+        keys = [(instrument_key(0), p, 2) for p in (60, 61, 62)]
+        held = renderer.request(keys[0])
+        for key in keys:
+            renderer.request(key)
+        assert renderer.wait_idle(timeout=60)
+        assert renderer.status()["cached_notes"] == 2
+        assert renderer.get(keys[0]) is None                     # least recently used: gone
+        held = renderer.get(keys[1])                             # touch 61: now most recent
+        renderer.request((instrument_key(0), 63, 2))
+        assert renderer.wait_idle(timeout=60)
+        assert renderer.get(keys[1]) is held and renderer.get(keys[2]) is None
+        status = renderer.status()
+        assert status["cache_mb"] * 2 ** 20 == 2 * NOTE_BYTES <= 2 * 2 ** 20
+        assert status["evictions"] == 2
+        # an evicted note that a voice still holds stays valid (numpy refcount)
+        assert held.shape == (192000,)
+
+
+def test_bad_keys_and_worker_errors_never_kill(tiny_checkpoint, one_thread):
+    with NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32) as renderer:
+        with pytest.raises(ValueError):
+            renderer.request((instrument_key("cello"), 60, 0))   # no such instrument
+        with pytest.raises(ValueError):
+            renderer.request((instrument_key(0), 60, 9))         # no such velocity row
+        assert renderer.prewarm([("garbage",), (instrument_key(0), 200, 0)]) == 0
+
+        def boom(key, note):
+            raise RuntimeError("callback failed")
+        renderer.add_ready_callback(boom)
+        renderer.request((instrument_key(1), 60, 0))
+        assert renderer.wait_idle(timeout=60)
+        status = renderer.status()
+        assert status["alive"] and status["errors"] == 3 and "callback failed" in status["last_error"]
+        assert renderer.get((instrument_key(1), 60, 0)) is not None
+    assert not renderer._thread.is_alive()
+
+
+def test_controller_renderer_mixer_together(tiny_checkpoint, one_thread):
+    import mido
+
+    from sing_synth.engine import Controller, Mixer
+    from sing_synth.presets import Preset
+
+    preset = Preset(name="flute", program=73, instrument={"flute": 1.0}, pitch_range=(48, 84))
+    mixer = Mixer(48000, blocksize_max=1024)
+    with NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32) as renderer:
+        controller = Controller(mixer, renderer, {"flute": preset}, "flute", 48000)
+        controller.handle(mido.Message("note_on", note=60, velocity=100))
+        out = np.zeros((256, 2), np.float32)
+        mixer.callback(out, 256, None, None)
+        assert not out.any()                        # not rendered yet: nothing plays
+        assert renderer.wait_idle(timeout=60)
+        mixer.callback(out, 256, None, None)
+        assert mixer.active_voices == 1 and controller.counts["started_late"] == 1
+        key = mixer.v_key[int(np.argmax(mixer.v_state))]
+        assert key == ((("flute", 1.0),), 60, renderer.config.velocity_row(100))
+        assert renderer.status()["last_urgent_ms"] > 0
