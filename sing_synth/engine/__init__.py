@@ -14,10 +14,10 @@ thread no longer needs cross back through another deque, so nothing large is fre
 from .controller import Controller
 from .mixer import (AllNotesOff, AllSoundOff, ChannelGain, ChannelPan, Mixer, NoteOff, NoteOn,
                     PitchBend, Sustain)
-from .renderer import NoteRenderer, best_device, instrument_key, prewarm_order
+from .renderer import NoteRenderer, instrument_key, prewarm_order
 
 __all__ = [
-    "Controller", "Mixer", "NoteRenderer", "best_device", "instrument_key", "prewarm_order",
+    "Controller", "Mixer", "NoteRenderer", "instrument_key", "prewarm_order",
     "NoteOn", "NoteOff", "Sustain", "ChannelGain", "ChannelPan", "PitchBend", "AllSoundOff",
     "AllNotesOff",
 ]

@@ -27,32 +27,12 @@ import soxr
 import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
+from ..device import resolve_device
 from ..fast import FastRenderer, best_dtype
 
 URGENT, PREWARM = 0, 1
 FADE_IN_S = 0.001    # against a click at the very first sample
 FADE_OUT_S = 0.010   # a note that is cut at 4 s by the model's length ends on zero
-
-
-try:
-    from ..device import resolve_device as _resolve_device
-except ImportError:     # pragma: no cover - older trees without sing_synth.device
-    _resolve_device = None
-
-
-def best_device(force=None) -> torch.device:
-    """The device notes render on: ``force`` if given (checked by `sing_synth.device`: a
-    missing device is a UserError), else cuda, then mps, then cpu ('auto' means the same)."""
-    if _resolve_device is not None:
-        return _resolve_device(force)
-    if force not in (None, "", "auto"):
-        return torch.device(force)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def instrument_key(blend) -> tuple:
@@ -98,7 +78,7 @@ class NoteRenderer:
 
     Args:
         checkpoint: a path (loaded with `checkpoint.load_checkpoint`) or a `Checkpoint`.
-        device: forced device ('cpu', 'cuda', ...); default `best_device()`.
+        device: forced device ('cpu', 'cuda', ...); default the best present (`device.resolve_device`).
         stream_rate: the audio stream's rate; every note is resampled to it once.
         cache_mb: bound of the cache in MiB (numpy nbytes of the stored notes).
         batch_size: notes per forward pass (8 is the sweet spot on CPU, MACHINE-NOTES.md).
@@ -124,7 +104,7 @@ class NoteRenderer:
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError("checkpoint: give a path or a sing_synth.checkpoint.Checkpoint")
-        self.device = best_device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype or best_dtype(self.device)
         self.config = checkpoint.model.config
         self.model_rate = int(self.config.sample_rate)

@@ -7,7 +7,8 @@ import torch
 
 from sing_synth.checkpoint import save_checkpoint
 from sing_synth.config import SingConfig
-from sing_synth.engine import NoteRenderer, best_device, instrument_key, prewarm_order
+from sing_synth.device import best_device, resolve_device
+from sing_synth.engine import NoteRenderer, instrument_key, prewarm_order
 from sing_synth.model import SING
 
 NOTE_BYTES = 192000 * 4
@@ -47,7 +48,7 @@ def test_keys_and_prewarm_order():
     with pytest.raises(ValueError):
         instrument_key({"flute": 0})
     assert prewarm_order((57, 63)) == [60, 59, 61, 58, 62, 57, 63]
-    assert best_device("cpu").type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
     expected = "cuda" if torch.cuda.is_available() else (
         "mps" if torch.backends.mps.is_available() else "cpu")
     assert best_device().type == expected
