@@ -187,6 +187,15 @@ def run_convert(args) -> int:
     return 0
 
 
+# --- play ----------------------------------------------------------------------------------------
+
+def add_play(sub):
+    from . import play
+    p = sub.add_parser("play", help="the live instrument: MIDI in, audio out (or --render-midi a file)")
+    play.add_arguments(p)
+    p.set_defaults(func=play.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="sing-synth", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -194,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_eval(sub)
     add_convert(sub)
+    add_play(sub)
     from .soundfont import add_dataset_command
     add_dataset_command(sub)
     return parser

@@ -1,0 +1,290 @@
+"""sing_synth.play: offline rendering (test tone and a tiny SING), the one-line errors, and the
+live path with a fake audio module and a fake MIDI backend."""
+import threading
+import time
+
+import mido
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from sing_synth import midi, play
+from sing_synth.checkpoint import save_checkpoint
+from sing_synth.config import SingConfig
+from sing_synth.demo import DEMO_PATH, make_demo
+from sing_synth.engine.tone import ToneRenderer, tone
+from sing_synth.model import SING
+from sing_synth.presets import SHIPPED_PROGRAMS, load_presets
+
+from test_midi import FakeBackend
+
+torch.set_num_threads(1)
+
+
+def midi_notes(path):
+    """(channel, pitch, start s, end s) of every note of a MIDI file."""
+    notes, held, now = [], {}, 0.0
+    for msg in mido.MidiFile(str(path)):
+        now += msg.time
+        if msg.type == "note_on" and msg.velocity > 0:
+            held[(msg.channel, msg.note)] = now
+        elif msg.type in ("note_off", "note_on"):
+            start = held.pop((msg.channel, msg.note), None)
+            if start is not None:
+                notes.append((msg.channel, msg.note, start, now))
+    return notes
+
+
+def spectrum(segment, rate):
+    seg = segment * np.hanning(len(segment))
+    n = 8 * len(seg)
+    return np.abs(np.fft.rfft(seg, n=n)), rate / n
+
+
+def hz(pitch):
+    return 440.0 * 2 ** ((pitch - 69) / 12)
+
+
+def one_error_line(capsys):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sing-synth: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_demo_file_is_what_make_demo_writes(tmp_path):
+    again = make_demo(tmp_path / "demo.mid")
+    assert midi_notes(again) == midi_notes(DEMO_PATH)
+    assert len(midi_notes(DEMO_PATH)) > 20
+
+
+def test_render_demo_with_test_tone_has_the_files_pitches(tmp_path, capsys):
+    out = tmp_path / "demo.wav"
+    assert play.main(["--test-tone", "--render-midi", str(DEMO_PATH), "-o", str(out)]) == 0
+    assert "real time" in capsys.readouterr().out
+    audio, rate = soundfile.read(out)
+    assert rate == 48000 and audio.ndim == 2 and audio.shape[1] == 2
+    mono = audio.mean(axis=1)
+    notes = midi_notes(DEMO_PATH)
+    assert len(mono) / rate > max(n[3] for n in notes)
+    for channel, pitch, start, end in notes:
+        seg = mono[int((start + 0.1) * rate): int(end * rate)]
+        mag, df = spectrum(seg, rate)
+        alone = not any(o != (channel, pitch, start, end) and o[2] < end and o[3] + 0.1 > start
+                        for o in notes)
+        if alone:     # the scale: the strongest partial is this note's fundamental
+            f0 = np.argmax(mag) * df
+            assert abs(1200 * np.log2(f0 / hz(pitch))) < 20, (pitch, f0)
+        else:         # chords: a peak at this note's fundamental
+            lo, hi = int(hz(pitch) * 2 ** (-0.3 / 12) / df), int(hz(pitch) * 2 ** (0.3 / 12) / df) + 1
+            assert mag[lo:hi].max() > 0.05 * mag.max(), (channel, pitch, start)
+
+
+def test_program_changes_the_test_tone_timbre():
+    def centroid(x):
+        mag = np.abs(np.fft.rfft(x[4800:24000]))
+        return (mag * np.arange(len(mag))).sum() / mag.sum()
+    piano, strings, lead = (tone(60, 100, p, 48000) for p in (0, 48, 81))
+    assert len({round(centroid(x)) for x in (piano, strings, lead)}) == 3
+    r = ToneRenderer(load_presets(), stream_rate=16000, cache_mb=8)
+    try:
+        keys = [r.make_key(name, 60, 100) for name in ("fluidr3_gm_000_yamaha_grand_piano",
+                                                      "fluidr3_gm_081_saw_wave")]
+        assert all(r.request(k) is None for k in keys)
+        assert r.wait_idle(5)
+        a, b = (r.get(k) for k in keys)
+        assert a.shape == b.shape == (64000,) and not np.allclose(a, b)
+        assert r.status()["cached_notes"] == 2 and r.status()["misses"] == 2
+    finally:
+        r.close()
+
+
+def write_preset(folder, name, program, instrument, **extra):
+    lines = [f"name: {name}", f"program: {program}", f"instrument: {instrument}"]
+    lines += [f"{k}: {v}" for k, v in extra.items()]
+    (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n")
+
+
+def test_render_midi_with_a_tiny_sing_checkpoint(tmp_path, capsys):
+    torch.manual_seed(0)
+    config = SingConfig(n_instruments=2, lstm_hidden=16, lstm_layers=1, channels=32)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, SING(config), {0: "tiny_keys", 1: "tiny_pad"})
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    write_preset(presets, "keys", 0, "tiny_keys", gain=4)
+    write_preset(presets, "pad", 88, "tiny_pad", gain=4)
+    song = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack()
+    track += [mido.Message("note_on", note=60, velocity=100, time=0),
+              mido.Message("program_change", channel=1, program=88, time=0),
+              mido.Message("note_on", channel=1, note=67, velocity=80, time=0),
+              mido.Message("note_off", note=60, time=480),
+              mido.Message("note_off", channel=1, note=67, time=0)]
+    song.tracks.append(track)
+    song.save(str(tmp_path / "song.mid"))
+    out = tmp_path / "song.wav"
+    code = play.main(["--checkpoint", str(ckpt), "--presets-dir", str(presets), "--preset", "keys",
+                      "--render-device", "cpu", "--samplerate", "16000", "--gain", "1",
+                      "--render-midi", str(tmp_path / "song.mid"), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    audio, rate = soundfile.read(out)
+    assert rate == 16000 and len(audio) >= 0.5 * rate
+    assert np.isfinite(audio).all() and np.abs(audio[: rate // 2]).max() > 1e-3
+
+
+def test_list_presets_lists_the_shipped_ones(capsys):
+    assert play.main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    shipped = load_presets()
+    assert len(out.splitlines()) == len(shipped) >= len(SHIPPED_PROGRAMS)
+    for name in shipped:
+        assert f" {name} " in out
+    assert any(line.startswith("* piano") for line in out.splitlines())
+
+
+def test_cli_play_subcommand_is_the_same_entry(capsys):
+    from sing_synth.cli import main
+    assert main(["play", "--list-presets"]) == 0
+    assert "piano" in capsys.readouterr().out
+    assert main(["play", "--channel", "0"]) == 2
+    one_error_line(capsys)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--preset", "kazoo"], "unknown preset 'kazoo'"),
+    (["--channel", "17"], "1..16"),
+    (["--channel", "x"], "1..16"),
+    (["--blocksize", "0"], "--blocksize"),
+    (["--checkpoint", "/nonexistent/model.pt"], "checkpoint not found"),
+    (["--render-midi", "x.mid"], "-o OUT.wav"),
+    (["--test-tone", "--render-midi", "/nonexistent.mid", "-o", "x.wav"], "no such MIDI file"),
+    (["--port", "a", "--virtual"], "not both"),
+    (["--bogus"], "unrecognized arguments"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
+    assert play.main(argv) == 2
+    assert words in one_error_line(capsys)
+
+
+def test_missing_shipped_model_says_how_to_get_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(play, "REPO_ROOT", tmp_path)
+    assert play.main(["--render-midi", str(DEMO_PATH), "-o", str(tmp_path / "x.wav")]) == 2
+    line = one_error_line(capsys)
+    assert "make shipped-model" in line and "--checkpoint" in line
+
+
+def test_bad_preset_file_and_bad_midi_file(tmp_path, capsys):
+    (tmp_path / "piano.yaml").write_text("name: piano\nprogram: zero\ninstrument: x\n")
+    assert play.main(["--presets-dir", str(tmp_path), "--list-presets"]) == 2
+    assert "piano.yaml" in one_error_line(capsys)
+    (tmp_path / "bad.mid").write_bytes(b"MThd garbage")
+    assert play.main(["--test-tone", "--render-midi", str(tmp_path / "bad.mid"), "-o",
+                      str(tmp_path / "x.wav")]) == 2
+    assert "not a readable MIDI file" in one_error_line(capsys)
+
+
+# ---------------------------------------------------------------------------------- live, faked
+class FakeStream:
+    def __init__(self, samplerate, blocksize, device, channels, dtype, latency, callback):
+        self.callback, self.blocksize, self.channels = callback, blocksize, channels
+        self.latency = 0.005
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _run(self):
+        out = np.zeros((self.blocksize, self.channels), np.float32)
+        while not self._stop.wait(0.002):
+            self.callback(out, self.blocksize, None, None)
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+
+    def close(self):
+        pass
+
+
+class FakeSoundDevice:
+    def __init__(self, has_output=True):
+        self.device = dict(name="Fake Out", index=0, hostapi=0, max_output_channels=2,
+                           max_input_channels=0, default_samplerate=48000.0)
+        self.has_output = has_output
+        self.OutputStream = FakeStream
+
+    def query_devices(self, device=None, kind=None):
+        if kind is None and device is None:
+            return [self.device] if self.has_output else []
+        if not self.has_output or device not in (None, 0, "Fake Out"):
+            raise ValueError(f"No output device matching {device!r}")
+        return self.device
+
+    def query_hostapis(self):
+        return [{"name": "ALSA"}]
+
+
+@pytest.fixture
+def fake_live(monkeypatch):
+    backend = FakeBackend(["Midi Through:0", "Keystation 49:0"])
+    sd = FakeSoundDevice()
+    monkeypatch.setattr(midi, "default_backend", lambda: backend)
+    monkeypatch.setattr(play, "_import_sounddevice", lambda: sd)
+    return backend, sd
+
+
+def test_live_ready_line_status_and_notes(fake_live, capsys):
+    backend, _ = fake_live
+
+    def play_notes():
+        deadline = time.monotonic() + 2
+        while not backend.instances or backend.instances[0].callback is None:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.005)
+        time.sleep(0.05)
+        m = backend.instances[0]
+        m.send([0x90, 60, 100])
+        m.send([0x91, 64, 100])     # channel 2: filtered by --channel 1
+        m.send([0xF0, 1, 2, 0xF7])
+
+    threading.Thread(target=play_notes, daemon=True).start()
+    code = play.main(["--test-tone", "--virtual", "--duration", "0.6", "--status-interval", "0.1",
+                      "--channel", "1"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.splitlines()[0] == "ready: alsa port 'SING Synth' audio 'Fake Out' 48000 Hz"
+    status = [line for line in err.splitlines() if line.startswith("voices=")]
+    assert len(status) >= 3
+    assert all("xruns=0" in line for line in status)
+    assert any("voices=1 " in line for line in status), err
+    assert "midi=2 " in status[-1]          # the note and the sysex; channel 2 filtered out
+
+
+def test_live_unknown_port_lists_the_ports(fake_live, capsys):
+    assert play.main(["--test-tone", "--port", "Oxygen"]) == 2
+    line = one_error_line(capsys)
+    assert "'Oxygen' not found" in line and "'Keystation 49:0'" in line
+
+
+def test_live_port_by_substring(fake_live, capsys):
+    assert play.main(["--test-tone", "--port", "keystation", "--duration", "0.1",
+                      "--status-interval", "0"]) == 0
+    assert "port 'Keystation 49:0'" in capsys.readouterr().out
+
+
+def test_no_output_device_error_or_demo_fallback(fake_live, tmp_path, capsys):
+    fake_live[1].has_output = False
+    assert play.main(["--test-tone"]) == 2
+    assert "no audio output device" in one_error_line(capsys)
+    out = tmp_path / "demo.wav"
+    assert play.main(["--test-tone", "--fallback-render", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rendering the demo" in err
+    assert soundfile.info(str(out)).duration > 8
