@@ -65,12 +65,24 @@ class FastRenderer(nn.Module):
     @torch.no_grad()
     def decode(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Frame embeddings `[B, T, D]` -> waveform `[B, length]` (float32)."""
-        config = self.config
-        x = embeddings.to(self.dtype).unfold(1, config.kernel, 1).flatten(2)
-        x = F.relu(F.linear(x, self.w0, self.b0))
+        return self.overlap_add(self.frames(self.windows(embeddings)))
+
+    def windows(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The kernel-K windows of the embeddings, `[B, L, D * K]` (L = T - K + 1 frames)."""
+        return embeddings.to(self.dtype).unfold(1, self.config.kernel, 1).flatten(2)
+
+    @torch.no_grad()
+    def frames(self, windows: torch.Tensor) -> torch.Tensor:
+        """Windows `[B, L, D * K]` -> windowed frames `[B, L, frame]` in float32.  Frames are
+        independent of each other, so any run of windows can be decoded on its own (`stages`)."""
+        x = F.relu(F.linear(windows, self.w0, self.b0))
         x = F.relu(F.linear(x, self.w1, self.b1))
         x = F.relu(F.linear(x, self.w2, self.b2))
-        frames = (x @ self.w_frame).float()
+        return (x @ self.w_frame).float()
+
+    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `[B, L, frame]` -> waveform `[B, length]` (the transposed conv's overlap-add)."""
+        config = self.config
         n_frames = frames.shape[1]
         full = (n_frames - 1) * config.stride + config.frame
         wave = F.fold(frames.transpose(1, 2), output_size=(1, full),
@@ -78,6 +90,32 @@ class FastRenderer(nn.Module):
         # the transposed conv's padding (frame - stride) plus the decoder's trim (frame / 2)
         start = config.frame - config.stride + config.frame // 2
         return wave[:, 0, 0, start:start + config.length] + self.b_out
+
+    @torch.no_grad()
+    def stages(self, instrument, pitch, velocity, lstm_chunks: int = 4, decoder_chunk: int = 64):
+        """`forward` in short steps: a generator that yields (None) between them and returns the
+        waveform `[B, length]` (as ``StopIteration.value``).
+
+        The LSTM runs in ``lstm_chunks`` runs of steps (its state carried over), the decoder in
+        runs of ``decoder_chunk`` frames, so that a caller can do something else between two
+        steps -- the live renderer renders a key pressed now there, instead of waiting for a
+        whole prewarm batch.  The result equals `forward`'s up to the GEMMs' rounding."""
+        seq = self.sequence_generator
+        symbols = seq.symbols(instrument, pitch, velocity)
+        steps = self.config.steps
+        bounds = [round(steps * i / max(1, lstm_chunks)) for i in range(max(1, lstm_chunks) + 1)]
+        parts, state = [], None
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                out, state = seq.run(symbols, a, b - a, state)
+                parts.append(out)
+                yield
+        windows = self.windows(torch.cat(parts, dim=1))
+        frames = []
+        for a in range(0, windows.shape[1], max(1, decoder_chunk)):
+            frames.append(self.frames(windows[:, a:a + decoder_chunk]))
+            yield
+        return self.overlap_add(torch.cat(frames, dim=1))
 
     @torch.no_grad()
     def forward(self, instrument, pitch, velocity) -> torch.Tensor:

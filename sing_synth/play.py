@@ -10,9 +10,9 @@ stream's callback.  Once the stream runs and the port is open, one line goes to 
 and every ``--status-interval`` seconds a status line goes to stderr (rewritten in place with
 ``\\r`` on a terminal, one line per interval otherwise)::
 
-    voices=3 cache=41/512MB notes=57 xruns=0 latency=11.2ms midi=230 malformed=0
+    voices=3 cache=41/512MB notes=57 prewarm=57/365 xruns=0 latency=11.2ms midi=230 malformed=0
 
-``latency``: the last note-on's delay from the request to sound -- the render wait (0 for a
+``prewarm``: notes of the start preset rendered in the background / queued.  ``latency``: the last note-on's delay from the request to sound -- the render wait (0 for a
 cached note) plus the output stream's latency.  SIGINT / SIGTERM (or ``--duration``) close the
 stream, the port and the renderer and exit 0.
 
@@ -214,7 +214,8 @@ class Instrument:
         last = self.probe.last_ms
         latency = "-" if last is None else f"{last + 1000.0 * self.output_latency:.1f}ms"
         return (f"voices={m.active_voices} cache={r['cache_mb']:.0f}/{r['cache_limit_mb']:.0f}MB "
-                f"notes={r['cached_notes']} xruns={m.xruns} latency={latency} "
+                f"notes={r['cached_notes']} prewarm={r.get('prewarm_done', 0)}/{r.get('prewarm_total', 0)} "
+                f"xruns={m.xruns} latency={latency} "
                 f"midi={c['messages']} malformed={c['malformed']}")
 
     def close(self) -> None:
@@ -423,8 +424,13 @@ class StatusLine:
 
 def run_live(args, presets, preset, checkpoint) -> int:
     from . import midi
-    sd = _import_sounddevice()
-    index, info = _output_device(sd, args.device)
+    try:
+        sd = _import_sounddevice()
+    except UserError:
+        if not args.fallback_render:
+            raise
+        sd = None     # no PortAudio at all: no audio output either
+    index, info = _output_device(sd, args.device) if sd is not None else (None, None)
     if info is None:
         if args.fallback_render:
             from .demo import DEMO_PATH

@@ -34,3 +34,23 @@ def test_fast_path_handles_blends():
 
 def test_best_dtype_on_cpu():
     assert best_dtype("cpu") == (torch.bfloat16 if cpu_supports_bf16() else torch.float32)
+
+
+@pytest.mark.parametrize("lstm_chunks, decoder_chunk", [(1, 1000), (3, 50), (265, 1)])
+def test_stages_give_forwards_result_in_steps(lstm_chunks, decoder_chunk):
+    torch.manual_seed(2)
+    model = SING(SingConfig(n_instruments=3, lstm_hidden=16, lstm_layers=2, channels=32)).eval()
+    fast = FastRenderer(model, dtype=torch.float32)
+    symbols = torch.tensor([0, 2]), torch.tensor([60, 40]), torch.tensor([3, 1])
+    steps = fast.stages(*symbols, lstm_chunks=lstm_chunks, decoder_chunk=decoder_chunk)
+    count = 0
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            wave = done.value
+            break
+        count += 1
+    frames = model.config.steps - model.config.kernel + 1
+    assert count == min(lstm_chunks, model.config.steps) + -(-frames // decoder_chunk)
+    assert relative_l2(wave, fast(*symbols)) <= 1e-6

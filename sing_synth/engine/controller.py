@@ -297,9 +297,15 @@ class Controller:
             self.counts["program_errors"] += 1
             return
         ch = self.channels[c]
+        changed = preset is not ch.preset
         ch.preset = preset
         ch.bend_range = float(preset.bend_range)
         self._post_bend(c)
+        if changed:     # a new current preset: render its notes before they are played
+            try:
+                self.prewarm(preset)
+            except Exception as exc:
+                self.last_error = f"prewarm {preset.name}: {exc}"
 
     # ------------------------------------------------------------------ helpers
     def velocity_gain(self, preset, velocity: int, layer_velocity: int) -> float:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import os
 import threading
 import time
 from collections import OrderedDict, deque
@@ -31,6 +32,9 @@ from ..device import resolve_device
 from ..fast import FastRenderer, best_dtype
 
 URGENT, PREWARM = 0, 1
+PREWARM_BATCH = 2     # default notes per prewarm batch
+LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
+DECODER_CHUNK = 64    # ... and its decoder in steps of this many frames (of 257)
 FADE_IN_S = 0.001    # against a click at the very first sample
 FADE_OUT_S = 0.010   # a note that is cut at 4 s by the model's length ends on zero
 
@@ -66,6 +70,15 @@ def instrument_key(blend) -> tuple:
     return tuple(sorted(pairs, key=lambda p: (isinstance(p[0], str), p[0])))
 
 
+def default_threads() -> int:
+    """Torch threads for the render worker: torch's default, less one core left to the audio
+    callback and the MIDI thread (on 2 cores: 1.  Two OpenMP threads on a 2-core machine that
+    also mixes audio wait on each other whenever the audio thread takes a core: measured 10-40x
+    slower per note on this project's CI machine under load)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - 1))
+
+
 def prewarm_order(pitch_range) -> list:
     """The pitches of ``pitch_range`` (lo, hi inclusive) nearest middle C (60) first: the order
     to prewarm them in (60, 59, 61, 58, 62, ...)."""
@@ -85,13 +98,19 @@ class NoteRenderer:
         on_ready: ``f(key, array)`` called on the worker thread for every note rendered
             (see also `add_ready_callback`).
         dtype: compute dtype of the fast path; default `fast.best_dtype(device)`.
-        prewarm_batch_size: notes per prewarm batch (default ``batch_size``); smaller bounds
-            how long an urgent request can wait behind a prewarm batch, at some throughput.
+        prewarm_batch_size: notes per prewarm batch (default ``min(2, batch_size)``: on a CPU,
+            batch 2 renders within ~10% of batch 8's notes/s, and a small batch keeps each
+            rendering step short).
+        threads: torch (OpenMP) threads of the worker; default `default_threads`, which leaves
+            one core to the audio and MIDI threads; 0 keeps torch's setting.
+        lstm_chunks, decoder_chunk: the steps a batch renders in (`FastRenderer.stages`).
 
     Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
-    seven prewarm notes rendered with it); a prewarm batch holds prewarm requests.  An urgent
-    request arriving while a prewarm batch renders waits for that batch (one batch, ~0.1 s for
-    the small model on 2 CPU threads; see ``prewarm_batch_size``).
+    prewarm notes rendered with it); a prewarm batch holds prewarm requests.  A prewarm batch
+    renders in steps (the LSTM in ``lstm_chunks`` runs of time steps, the decoder in runs of
+    ``decoder_chunk`` frames); urgent requests that arrive meanwhile are rendered between two
+    steps, so a key pressed during prewarming waits for one step (~3 ms for the small model at
+    batch 2 on one CPU thread), not for the batch.
 
     Thread safety: every public method may be called from any thread except the audio thread
     (they take a lock shared with the worker; the worker never holds it while rendering or
@@ -99,7 +118,8 @@ class NoteRenderer:
     """
 
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
-                 on_ready=None, dtype=None, prewarm_batch_size=None):
+                 on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
+                 lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -110,7 +130,10 @@ class NoteRenderer:
         self.model_rate = int(self.config.sample_rate)
         self.stream_rate = int(stream_rate)
         self.batch_size = max(1, int(batch_size))
-        self.prewarm_batch_size = max(1, int(prewarm_batch_size or batch_size))
+        self.prewarm_batch_size = max(1, int(prewarm_batch_size or min(PREWARM_BATCH, self.batch_size)))
+        self.threads = default_threads() if threads is None else max(0, int(threads))
+        self.lstm_chunks = max(1, int(lstm_chunks))
+        self.decoder_chunk = max(1, int(decoder_chunk))
         self.cache_limit = int(float(cache_mb) * 2 ** 20)
         self.instruments = {int(k): str(v) for k, v in checkpoint.instruments.items()}
         self._ids = {name: idx for idx, name in self.instruments.items()}
@@ -288,6 +311,7 @@ class NoteRenderer:
             return {
                 "device": str(self.device),
                 "dtype": str(self.dtype).replace("torch.", ""),
+                "threads": self.threads,
                 "cached_notes": len(self._cache),
                 "cache_mb": self._cache_bytes / 2 ** 20,
                 "cache_limit_mb": self.cache_limit / 2 ** 20,
@@ -320,86 +344,156 @@ class NoteRenderer:
         self.close()
 
     # ------------------------------------------------------------------ worker
-    def _next_batch(self) -> list:
-        """Pops the next batch (called with the lock held): urgent keys only, or prewarm keys only."""
-        batch, kind, limit = [], None, self.batch_size
-        while self._heap and len(batch) < limit:
-            prio, _, key = self._heap[0]
-            if self._queued.get(key) != prio or key in self._in_flight:
-                heapq.heappop(self._heap)     # stale: promoted, taken, or dropped
-                if key in self._in_flight and self._queued.get(key) == prio:
-                    del self._queued[key]
-                continue
-            if kind is not None and prio != kind:
+    def _peek(self):
+        """(priority, key) of the next live heap entry, or None (lock held); drops stale entries
+        (promoted, taken, or dropped) on the way."""
+        heap = self._heap
+        while heap:
+            prio, _, key = heap[0]
+            if self._queued.get(key) == prio and key not in self._in_flight:
+                return prio, key
+            heapq.heappop(heap)
+            if key in self._in_flight and self._queued.get(key) == prio:
+                del self._queued[key]
+        self._queued.clear()     # nothing live left: never spin on an inconsistent count
+        return None
+
+    def _next_batch(self, urgent_only=False) -> tuple:
+        """Pops the next batch (lock held): urgent keys only, or prewarm keys only; marks them in
+        flight.  Returns (keys, priority); ``urgent_only``: nothing unless urgent keys wait."""
+        batch, kind = [], None
+        while True:
+            top = self._peek()
+            if top is None or (kind is not None and top[0] != kind):
+                break
+            prio, key = top
+            if urgent_only and prio != URGENT:
+                break
+            limit = self.batch_size if prio == URGENT else self.prewarm_batch_size
+            if len(batch) >= limit:
                 break
             heapq.heappop(self._heap)
-            kind = prio
-            limit = self.batch_size if prio == URGENT else self.prewarm_batch_size
             del self._queued[key]
             batch.append(key)
-        if not self._heap and not batch:
-            self._queued.clear()     # never reached when consistent; never spin on it
-        return batch
+            kind = prio
+        self._in_flight.update(batch)
+        return batch, kind
 
     def _worker(self) -> None:
+        if self.threads:
+            torch.set_num_threads(self.threads)    # OpenMP's team size is per thread: ours only
         while True:
             with self._cond:
                 while not self._closed and not self._queued:
                     self._cond.wait()
                 if self._closed:
                     return
-                batch = self._next_batch()
-                self._in_flight.update(batch)
-                callbacks = list(self._callbacks)
-            if not batch:
-                continue
-            ready = []
-            try:
-                start = time.perf_counter()
-                notes = self._render(batch)
-                elapsed = time.perf_counter() - start
-                with self._cond:
-                    now = time.perf_counter()
-                    for key, note in zip(batch, notes):
-                        self._store(key, note)
-                        asked = self._requested_at.pop(key, None)
-                        if asked is not None:
-                            self._urgent_delays.append(now - asked)
-                        if key in self._prewarm_pending:
-                            self._prewarm_pending.discard(key)
-                            self._prewarm_done += 1
-                        ready.append((key, note))
-                    self._counts["rendered"] += len(batch)
-                    self._counts["batches"] += 1
-                    self._last_batch_s, self._last_batch_n = elapsed, len(batch)
-            except Exception as exc:   # a failed batch is reported, never kills the worker
-                with self._cond:
-                    self._counts["errors"] += 1
-                    self._last_error = f"render: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                    for key in batch:
-                        self._requested_at.pop(key, None)
-                        if key in self._prewarm_pending:
-                            self._prewarm_pending.discard(key)
-                            self._prewarm_total -= 1
-            for key, note in ready:
-                for callback in callbacks:
-                    try:
-                        callback(key, note)
-                    except Exception as exc:
-                        with self._cond:
-                            self._counts["errors"] += 1
-                            self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
-            with self._cond:       # idle only once the callbacks are done (`wait_idle`)
-                self._in_flight.difference_update(batch)
-                self._cond.notify_all()
+                batch, kind = self._next_batch()
+            if batch:
+                self._run(batch, preempt=kind != URGENT)
 
-    def _render(self, batch) -> list:
-        """Renders a batch on the model's device; returns float32 arrays at the stream rate."""
+    def _run(self, batch, preempt: bool) -> None:
+        """Renders ``batch`` step by step (`FastRenderer.stages`) and delivers it.  With
+        ``preempt`` (a prewarm batch), urgent requests queued meanwhile are rendered and delivered
+        between two steps: a key pressed now waits for one step (a few ms), not a whole batch."""
+        notes = error = None
+        spent = 0.0
+        try:
+            steps = self.fast.stages(*self._inputs(batch), lstm_chunks=self.lstm_chunks,
+                                     decoder_chunk=self.decoder_chunk)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    with torch.inference_mode():
+                        next(steps)
+                except StopIteration as done:
+                    waves = done.value
+                    spent += time.perf_counter() - t0
+                    break
+                spent += time.perf_counter() - t0
+                if self._closed:
+                    steps.close()
+                    waves = None
+                    break
+                if preempt and self._urgent_waiting():
+                    self._serve_urgent()
+            if waves is not None:
+                t0 = time.perf_counter()
+                notes = [self._prepare(w) for w in waves.float().cpu().numpy()]
+                spent += time.perf_counter() - t0
+        except Exception as exc:   # a failed batch is reported, never kills the worker
+            error = exc
+        self._deliver(batch, notes, error, spent)
+
+    def _urgent_waiting(self) -> bool:
+        with self._cond:
+            top = self._peek()
+            return top is not None and top[0] == URGENT
+
+    def _serve_urgent(self) -> None:
+        """Renders and delivers every urgent batch queued now (and while doing so)."""
+        while True:
+            with self._cond:
+                if self._closed:
+                    return
+                batch, _ = self._next_batch(urgent_only=True)
+            if not batch:
+                return
+            self._run(batch, preempt=False)
+
+    def _deliver(self, batch, notes, error, elapsed: float) -> None:
+        """Stores the rendered notes, calls the ready callbacks, and takes ``batch`` out of flight
+        (notes None: nothing rendered -- an error, or closing)."""
+        ready = []
+        with self._cond:
+            callbacks = list(self._callbacks)
+            if notes is not None:
+                now = time.perf_counter()
+                for key, note in zip(batch, notes):
+                    self._store(key, note)
+                    asked = self._requested_at.pop(key, None)
+                    if asked is not None:
+                        self._urgent_delays.append(now - asked)
+                    if key in self._prewarm_pending:
+                        self._prewarm_pending.discard(key)
+                        self._prewarm_done += 1
+                    ready.append((key, note))
+                self._counts["rendered"] += len(batch)
+                self._counts["batches"] += 1
+                self._last_batch_s, self._last_batch_n = elapsed, len(batch)
+            else:
+                if error is not None:
+                    self._counts["errors"] += 1
+                    self._last_error = (f"render: {type(error).__name__}: "
+                                        f"{str(error).splitlines()[0] if str(error) else ''}")
+                for key in batch:
+                    self._requested_at.pop(key, None)
+                    if key in self._prewarm_pending:
+                        self._prewarm_pending.discard(key)
+                        self._prewarm_total -= 1
+        for key, note in ready:
+            for callback in callbacks:
+                try:
+                    callback(key, note)
+                except Exception as exc:
+                    with self._cond:
+                        self._counts["errors"] += 1
+                        self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
+        with self._cond:       # idle only once the callbacks are done (`wait_idle`)
+            self._in_flight.difference_update(batch)
+            self._cond.notify_all()
+
+    def _inputs(self, batch) -> tuple:
+        """The model's inputs for ``batch``: blend weights, pitches, velocity rows."""
         instrument = torch.stack([self._vector(key[0]) for key in batch]).to(self.device)
         pitch = torch.tensor([int(key[1]) for key in batch], device=self.device)
         velocity = torch.tensor([int(key[2]) for key in batch], device=self.device)
+        return instrument, pitch, velocity
+
+    def _render(self, batch) -> list:
+        """Renders a batch in one go on the model's device; returns float32 arrays at the stream rate."""
         with torch.inference_mode():
-            waves = self.fast(instrument, pitch, velocity).float().cpu().numpy()
+            waves = self.fast(*self._inputs(batch)).float().cpu().numpy()
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:

@@ -148,6 +148,18 @@ def test_pitch_range_and_program_change():
     assert controller.channels[0].preset.name == "low"
 
 
+def test_program_change_prewarms_the_new_preset_once():
+    presets = {"low": make_preset(name="low", program=32, pitch_range=(28, 60), instrument="bass"),
+               "high": make_preset(name="high", program=73, pitch_range=(60, 96), instrument="flute")}
+    controller, _, renderer = setup(presets=presets, default=presets["low"])
+    controller.handle(msg("program_change", program=73))
+    flute = [k for k in renderer.prewarmed if k[0] == (("flute", 1.0),)]
+    assert len(flute) == 5 * 37 and {k[1] for k in flute} == set(range(60, 97))
+    assert flute[0][1] == 60                                          # middle octave first
+    controller.handle(msg("program_change", program=73))               # the same preset again
+    assert len(renderer.prewarmed) == len(flute)
+
+
 def test_late_note_starts_when_ready_unless_released():
     controller, mixer, renderer = setup(instant=False)
     controller.handle(msg("note_on", note=60, velocity=100))

@@ -142,3 +142,62 @@ def test_controller_renderer_mixer_together(tiny_checkpoint, one_thread):
         key = mixer.v_key[int(np.argmax(mixer.v_state))]
         assert key == ((("flute", 1.0),), 60, renderer.config.velocity_row(100))
         assert renderer.status()["last_urgent_ms"] > 0
+
+
+def test_urgent_key_overtakes_a_prewarm_batch_between_its_steps(tiny_checkpoint, one_thread):
+    """A key pressed while a prewarm batch renders is rendered and delivered between two of that
+    batch's steps, before the batch itself."""
+    recorder = Recorder()
+    started, go = threading.Event(), threading.Event()
+    with NoteRenderer(tiny_checkpoint, device="cpu", batch_size=4, prewarm_batch_size=2,
+                      on_ready=recorder, dtype=torch.float32, lstm_chunks=4,
+                      decoder_chunk=64) as renderer:
+        stages = renderer.fast.stages
+        calls = []
+
+        def paused_stages(*args, **kwargs):        # the prewarm batch stops at its first step
+            calls.append(len(args[1]))
+            first = len(calls) == 1
+            result = yield from _pause_after_first(stages(*args, **kwargs), first, started, go)
+            return result
+
+        renderer.fast.stages = paused_stages
+        flute = instrument_key("flute")
+        prewarm = [(flute, p, 3) for p in (60, 59, 61, 58)]
+        renderer.prewarm(prewarm)
+        assert started.wait(30)
+        urgent = (instrument_key("violin"), 64, 1)
+        assert renderer.request(urgent) is None
+        go.set()
+        assert renderer.wait_idle(timeout=60)
+    assert calls == [2, 1, 2]                        # prewarm batch, urgent batch, prewarm batch
+    assert recorder.keys == [urgent] + prewarm       # the urgent note first, then prewarm order
+    assert renderer.status()["rendered"] == 5 and renderer.status()["errors"] == 0
+
+
+def _pause_after_first(steps, pause, started, go):
+    """Passes ``steps`` through; with ``pause``, blocks after its first step until ``go``."""
+    next(steps)
+    if pause:
+        started.set()
+        assert go.wait(30)
+    yield
+    return (yield from steps)
+
+
+def test_render_worker_threads_leave_a_core(tiny_checkpoint):
+    import os
+
+    from sing_synth.engine.renderer import default_threads
+    assert 1 <= default_threads() <= max(1, (os.cpu_count() or 1) - 1)
+    with NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32, threads=1) as renderer:
+        assert renderer.status()["threads"] == 1
+        assert renderer.prewarm_batch_size == 2
+
+
+def test_close_while_a_prewarm_batch_renders_stops_at_the_next_step(tiny_checkpoint, one_thread):
+    renderer = NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32)
+    renderer.prewarm([(instrument_key(0), p, 2) for p in range(40, 80)])
+    renderer.close(timeout=30)
+    assert not renderer._thread.is_alive()
+    assert renderer.status()["errors"] == 0
