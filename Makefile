@@ -26,21 +26,26 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Every benchmark side by side with FluidSynth (bench/__main__.py): one run, tables on stdout and in
+# bench/RESULTS.md.  Needs jackd and fluidsynth; BENCH_ARGS=--quick for a short indicative run.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) -m bench.render
+	$(PY) -m bench --markdown bench/RESULTS.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
 
 # The default model: FluidR3_GM's programs named by the presets (sing_synth.presets.SHIPPED_PROGRAMS),
-# MIDI 24-96, `small` size, on this CPU. Every step is resumable: run it again after a kill.
+# MIDI 24-96, `small` size, on this CPU; models/MODEL_CARD.md says what it cost and how it scores.
+# Every step is resumable: run it again after a kill.  To train the shipped model further (a later
+# session, another machine): `sing-synth train ... --init-from models/sing-small-fluidr3.pt --epochs 0,0,N`.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
-SHIPPED_EPOCHS ?= 10,6,10
+SHIPPED_TRAIN = $(PY) -m sing_synth train --data $(SHIPPED_DATA) --out $(SHIPPED_RUN) --size small --seed 0 \
+	--batch-size 16 --lr 1e-3 --loss mse --resolutions 1024,4096 --resume
 shipped-model: $(STAMP)
 	$(PY) -m sing_synth dataset soundfont --sf2 $(SF2) --out $(SHIPPED_DATA) --pitch-range 24 96 \
 		--programs $$($(PY) -c "from sing_synth.presets import SHIPPED_PROGRAMS as p; print(','.join(map(str, p)))")
-	$(PY) -m sing_synth train --data $(SHIPPED_DATA) --out $(SHIPPED_RUN) --size small --seed 0 \
-		--epochs $(SHIPPED_EPOCHS) --batch-size 16 --lr 1e-3 --loss mse --resolutions 1024,4096 --resume
+	$(SHIPPED_TRAIN) --epochs 2,2,2
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)/model.pt models/sing-small-fluidr3.pt --half

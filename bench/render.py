@@ -185,6 +185,65 @@ def run_benchmark(sizes=tuple(SIZES), batches=DEFAULT_BATCHES, paths=PATHS, min_
     return rows
 
 
+def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=None,
+                      stream_rate=48000) -> dict:
+    """Prewarm of one preset through `engine.NoteRenderer`, as the live instrument does it (every
+    velocity layer, the preset's pitch range, middle octaves first, resampled to the stream rate),
+    with a key pressed every ``urgent_every`` seconds meanwhile (other instruments, so never a
+    prewarmed key): seconds for the whole preset, and the pressed keys' delays request -> ready."""
+    from sing_synth.checkpoint import load_checkpoint
+    from sing_synth.engine import Controller, Mixer, NoteRenderer, instrument_key
+    from sing_synth.presets import load_presets
+    ckpt = load_checkpoint(checkpoint)
+    presets = load_presets()
+    chosen = presets[preset]
+    others = [p for p in presets.values() if p.name != preset and p.instrument != chosen.instrument]
+    with NoteRenderer(ckpt, stream_rate=stream_rate, cache_mb=4096, threads=threads) as renderer:
+        controller = Controller(Mixer(stream_rate), renderer, presets, preset, stream_rate)
+        first = renderer.make_key(others[0], 60, 100)       # warm-up: oneDNN sets up its kernels
+        renderer.request(first)
+        renderer.wait_idle()
+        renderer.request(renderer.make_key(others[0], 61, 100), urgent=False)
+        renderer.prewarm([renderer.make_key(others[0], 62, 100), renderer.make_key(others[0], 63, 100)])
+        renderer.wait_idle()
+        skip = len(renderer.urgent_delays_ms)
+        start = time.perf_counter()
+        queued = controller.prewarm(chosen)
+        k = 0
+        while not renderer.wait_idle(timeout=urgent_every):
+            other = others[k % len(others)]
+            lo, hi = other.pitch_range
+            renderer.request((instrument_key(other.instrument), lo + (k * 7) % (hi - lo + 1), 0))
+            k += 1
+        elapsed = time.perf_counter() - start
+        status = renderer.status()
+        delays = renderer.urgent_delays_ms[skip:]
+    return {"preset": preset, "notes": queued, "seconds": elapsed, "urgent": k,
+            "notes_per_s": (queued + k) / elapsed, "threads": status["threads"],
+            "dtype": status["dtype"], "prewarm_batch": renderer.prewarm_batch_size,
+            "urgent_p50_ms": statistics.median(delays) if delays else math.nan,
+            "urgent_p99_ms": _percentile(delays, 99), "urgent_max_ms": max(delays, default=math.nan)}
+
+
+def _percentile(values, q):
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(math.ceil(q / 100 * len(ordered))) - 1)]
+
+
+def prewarm_markdown(r: dict) -> str:
+    header = ("preset", "notes", "seconds", "notes/s (with the pressed keys)", "render threads",
+              "dtype", "prewarm batch", "keys pressed meanwhile", "their delay p50 ms", "p99 ms",
+              "max ms")
+    cells = (r["preset"], str(r["notes"]), _fmt(r["seconds"]), _fmt(r["notes_per_s"]),
+             str(r["threads"]), r["dtype"], str(r["prewarm_batch"]), str(r["urgent"]),
+             _fmt(r["urgent_p50_ms"]), _fmt(r["urgent_p99_ms"]), _fmt(r["urgent_max_ms"]))
+    return "\n".join(["| " + " | ".join(header) + " |",
+                      "|" + "|".join(["---"] + ["---:"] * 4 + ["---", "---:", "---:", "---:", "---:", "---:"]) + "|",
+                      "| " + " | ".join(cells) + " |"])
+
+
 def _fmt(value: float) -> str:
     """Three significant figures, no exponent."""
     if value == 0 or not math.isfinite(value):

@@ -51,6 +51,9 @@ def add_train(sub):
     p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
     p.add_argument("--resolutions", type=lambda t: tuple(int(v) for v in t.split(",")), default=(1024,),
                    help="STFT sizes of the spectral loss, e.g. 1024,4096 (default: the paper's 1024)")
+    p.add_argument("--loss-eps", type=float, default=1.0,
+                   help="eps of log(eps + |X|^2) (default the paper's 1); 0.01 weighs quiet partials "
+                        "as if the notes were 20 dB louder (FluidSynth renders are quiet)")
     p.add_argument("--bptt", type=int, default=32, help="truncated back-propagation length (phase 2)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
@@ -62,6 +65,9 @@ def add_train(sub):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.add_argument("--init-from", default="", metavar="CKPT",
+                   help="start from this checkpoint's weights (same size and instruments), e.g. the "
+                        "shipped model with --epochs 0,0,N to train it further end to end")
     p.set_defaults(func=run_train)
 
 
@@ -70,10 +76,10 @@ def run_train(args) -> int:
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
         lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, bptt=args.bptt, amp=not args.no_amp,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, bptt=args.bptt, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
-        device=args.device, progress=not args.no_progress,
+        device=args.device, progress=not args.no_progress, init_from=args.init_from,
         metadata={"command": " ".join(sys.argv)})
     path = train(settings, resume=args.resume)
     print(f"model: {path}")

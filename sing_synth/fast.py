@@ -91,28 +91,55 @@ class FastRenderer(nn.Module):
         start = config.frame - config.stride + config.frame // 2
         return wave[:, 0, 0, start:start + config.length] + self.b_out
 
+    def head_wave(self, frames: torch.Tensor) -> torch.Tensor:
+        """The samples the first frames `[B, K, frame]` settle on their own: every sample before
+        frame K's start, `[B, K * stride - trim]` -- the first samples of `overlap_add` of all
+        frames, bit for bit."""
+        config = self.config
+        n_frames = frames.shape[1]
+        full = (n_frames - 1) * config.stride + config.frame
+        wave = F.fold(frames.transpose(1, 2), output_size=(1, full),
+                      kernel_size=(1, config.frame), stride=(1, config.stride))
+        start = config.frame - config.stride + config.frame // 2
+        end = min(n_frames * config.stride, start + config.length)
+        return wave[:, 0, 0, start:end] + self.b_out
+
     @torch.no_grad()
-    def stages(self, instrument, pitch, velocity, lstm_chunks: int = 4, decoder_chunk: int = 64):
-        """`forward` in short steps: a generator that yields (None) between them and returns the
+    def stages(self, instrument, pitch, velocity, lstm_chunks: int = 4, decoder_chunk: int = 64,
+               head_frames: int = 0):
+        """`forward` in short steps: a generator that yields between them and returns the
         waveform `[B, length]` (as ``StopIteration.value``).
 
         The LSTM runs in ``lstm_chunks`` runs of steps (its state carried over), the decoder in
         runs of ``decoder_chunk`` frames, so that a caller can do something else between two
         steps -- the live renderer renders a key pressed now there, instead of waiting for a
-        whole prewarm batch.  The result equals `forward`'s up to the GEMMs' rounding."""
+        whole prewarm batch.  It yields None, except with ``head_frames`` > 0: then the LSTM's
+        first ``head_frames + kernel - 1`` steps and the decoder's first ``head_frames`` frames
+        run first, and the first step yields the note's head, `head_wave` of those frames (the
+        LSTM is causal and frames overlap only their neighbours, so the head's samples are final:
+        a note can start playing while the rest renders).  The result equals `forward`'s up to
+        the GEMMs' rounding."""
         seq = self.sequence_generator
+        config = self.config
         symbols = seq.symbols(instrument, pitch, velocity)
-        steps = self.config.steps
-        bounds = [round(steps * i / max(1, lstm_chunks)) for i in range(max(1, lstm_chunks) + 1)]
-        parts, state = [], None
+        steps = config.steps
+        parts, state, done, head = [], None, 0, None
+        if head_frames > 0:
+            done = min(steps, head_frames + config.kernel - 1)
+            out, state = seq.run(symbols, 0, done, None)
+            parts.append(out)
+            head = self.frames(self.windows(out))
+            yield self.head_wave(head)
+        chunks = max(1, lstm_chunks)
+        bounds = [done + round((steps - done) * i / chunks) for i in range(chunks + 1)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
                 out, state = seq.run(symbols, a, b - a, state)
                 parts.append(out)
                 yield
         windows = self.windows(torch.cat(parts, dim=1))
-        frames = []
-        for a in range(0, windows.shape[1], max(1, decoder_chunk)):
+        frames = [] if head is None else [head]
+        for a in range(0 if head is None else head.shape[1], windows.shape[1], max(1, decoder_chunk)):
             frames.append(self.frames(windows[:, a:a + decoder_chunk]))
             yield
         return self.overlap_add(torch.cat(frames, dim=1))

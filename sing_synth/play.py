@@ -100,6 +100,13 @@ def add_arguments(p) -> None:
                    help="torch device SING renders on: cpu, cuda, cuda:N, mps, auto (default)")
     g.add_argument("--cache-mb", type=_positive(float, "--cache-mb"), default=512.0,
                    help="note cache size in MiB (default 512)")
+    g.add_argument("--no-prewarm", action="store_true",
+                   help="do not pre-render the start preset's notes (every note renders when first "
+                        "played: benchmarks of that path)")
+    g.add_argument("--render-threads", type=_positive(int, "--render-threads", allow_zero=True),
+                   default=None, metavar="N",
+                   help="torch threads of the render worker (default: the cores less one, so that "
+                        "the audio callback keeps a core; 0: torch's default)")
     g = p.add_argument_group("MIDI input")
     g.add_argument("--port", default=None, metavar="NAME",
                    help="connect to this MIDI output port (name or unique substring)")
@@ -113,6 +120,10 @@ def add_arguments(p) -> None:
                    help="listen on MIDI channel N only (1-16; default all 16, each its own preset)")
     g.add_argument("--list-ports", action="store_true", help="list the MIDI input sources and exit")
     g = p.add_argument_group("audio output")
+    g.add_argument("--audio-api", default="portaudio", choices=["portaudio", "jack"],
+                   help="portaudio (default): the audio device through sounddevice; jack: one JACK "
+                        "client for MIDI in and audio out, the MIDI handled in the audio callback "
+                        "(a cached note sounds in the period its note-on arrives, as FluidSynth's)")
     g.add_argument("--device", default=None, metavar="DEV",
                    help="audio output device: sounddevice name (substring) or index")
     g.add_argument("--list-devices", action="store_true", help="list the audio devices and exit")
@@ -179,7 +190,7 @@ def _presets(args):
 class Instrument:
     """What both modes share: presets, renderer, mixer, controller."""
 
-    def __init__(self, args, rate: int, presets, preset, checkpoint=None):
+    def __init__(self, args, rate: int, presets, preset, checkpoint=None, blocksize=None):
         from .engine import Controller, Mixer
         self.rate = int(rate)
         if args.test_tone:
@@ -192,9 +203,10 @@ class Instrument:
             ckpt = load_checkpoint(checkpoint)
             check_instruments(presets, ckpt.instruments.values())
             self.renderer = NoteRenderer(ckpt, device=args.render_device, stream_rate=self.rate,
-                                         cache_mb=args.cache_mb)
+                                         cache_mb=args.cache_mb,
+                                         threads=getattr(args, "render_threads", None))
         self.probe = LatencyProbe(self.renderer)
-        self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(args.blocksize)),
+        self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(blocksize or args.blocksize)),
                            polyphony=args.polyphony, master_gain=args.gain)
         self.controller = Controller(self.mixer, self.probe, presets, preset, self.rate)
         self.channel = None if args.channel is None else args.channel - 1
@@ -311,6 +323,7 @@ def render_midi(inst: Instrument, midi_path, blocksize=256, presets=None, preset
     inst.renderer.wait_idle()
     t_render = time.perf_counter() - t0
     # pass 2: the same controller and mixer as live, the callback called block by block
+    inst.controller.prewarm_programs = False
     rate, mixer = inst.rate, inst.mixer
     total = int(math.ceil((end + TAIL_S) * rate / blocksize)) * blocksize
     out = np.zeros((total, 2), np.float32)
@@ -333,7 +346,8 @@ def render_midi(inst: Instrument, midi_path, blocksize=256, presets=None, preset
     mixer.collect()
     elapsed = time.perf_counter() - t0
     return out, {"seconds": pos / rate, "wall_s": elapsed, "render_s": t_render,
-                 "notes": len(recorder.keys), "errors": mixer.errors + mixer.voice_errors}
+                 "notes": len(recorder.keys), "rendered": inst.renderer.status()["rendered"],
+                 "errors": mixer.errors + mixer.voice_errors}
 
 
 def _write_wav(path, audio, rate) -> None:
@@ -354,7 +368,7 @@ def run_offline(args, midi_path, out_path, presets, preset, checkpoint, rate, no
         inst.close()
     _write_wav(out_path, audio, rate)
     speed = stats["seconds"] / max(stats["wall_s"], 1e-9)
-    print(f"{out_path}: {stats['seconds']:.2f} s of audio at {rate} Hz, {stats['notes']} notes rendered, "
+    print(f"{out_path}: {stats['seconds']:.2f} s of audio at {rate} Hz, {stats['rendered']} notes rendered, "
           f"{stats['wall_s']:.2f} s ({speed:.1f}x real time)", flush=True)
     return 0
 
@@ -422,7 +436,61 @@ class StatusLine:
             self.stream.flush()
 
 
+# the audio callback waits for the GIL whenever another thread holds it; Python hands it over
+# after this many seconds (default 5 ms: a whole 256-frame period at 48 kHz)
+SWITCH_INTERVAL_S = 0.0002
+
+
+def _return_freed_notes() -> None:
+    """glibc: notes (0.77 MB each) always in their own mmap, so an evicted note's memory goes
+    back to the system at once.  glibc's default raises the mmap threshold to the size of the
+    last chunk freed, after which notes come from the heap, where freed ones fragment it and
+    the resident size creeps above the cache's cap."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, 256 * 1024)      # M_MMAP_THRESHOLD: fixed, no dynamic adjustment
+    except (OSError, AttributeError):
+        pass
+
+
+def _signals(stop) -> dict:
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, lambda *_: stop.set())
+        except (ValueError, OSError):     # not the main thread
+            pass
+    return old
+
+
+def _main_loop(args, inst, stop, status, tick=None) -> None:
+    """Status lines and housekeeping until ``stop``, ``--duration`` or ``tick()`` returning
+    False (called every interval)."""
+    deadline = None if args.duration is None else time.monotonic() + args.duration
+    # finished notes are dropped here (never on the audio thread): at least every 0.1 s
+    interval = min(args.status_interval, 0.1) if args.status_interval else 0.1
+    next_status = time.monotonic() + (args.status_interval or 0)
+    while not stop.is_set():
+        wait = interval if deadline is None else min(interval, deadline - time.monotonic())
+        if wait <= 0:
+            break
+        if stop.wait(wait):
+            break
+        inst.mixer.collect()
+        if tick is not None and tick() is False:
+            break
+        now = time.monotonic()
+        if args.status_interval and now >= next_status - 0.001:
+            next_status = max(next_status + args.status_interval, now)
+            status.show(inst.status_line())
+
+
 def run_live(args, presets, preset, checkpoint) -> int:
+    if getattr(args, "audio_api", "portaudio") == "jack":
+        return run_live_jack(args, presets, preset, checkpoint)
     from . import midi
     try:
         sd = _import_sounddevice()
@@ -441,13 +509,17 @@ def run_live(args, presets, preset, checkpoint) -> int:
         raise UserError("no audio output device found (see --list-devices); render offline with "
                         "--render-midi IN.mid -o OUT.wav")
     rate = int(args.samplerate or info.get("default_samplerate") or DEFAULT_RATE)
+    _return_freed_notes()
     inst = Instrument(args, rate, presets, preset, checkpoint)
     stop = threading.Event()
     stream = port = None
     old_handlers = {}
     status = StatusLine()
+    switch = sys.getswitchinterval()
     try:
-        inst.controller.prewarm()
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if not args.no_prewarm:
+            inst.controller.prewarm()
         channels = min(2, int(info["max_output_channels"]))
         try:
             stream = sd.OutputStream(samplerate=rate, blocksize=args.blocksize, device=index,
@@ -458,28 +530,14 @@ def run_live(args, presets, preset, checkpoint) -> int:
                             f"{' '.join(str(exc).split())}") from None
         port = midi.MidiInput(inst.handle, api=args.midi_api, port=args.port,
                               virtual=args.virtual).open()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                old_handlers[sig] = signal.signal(sig, lambda *_: stop.set())
-            except (ValueError, OSError):     # not the main thread
-                pass
+        old_handlers = _signals(stop)
         stream.start()
         try:
             inst.output_latency = float(stream.latency)
         except Exception:
             pass
         print(f"ready: {port.api} port '{port.port_name}' audio '{info['name']}' {rate} Hz", flush=True)
-        deadline = None if args.duration is None else time.monotonic() + args.duration
-        interval = args.status_interval or 0.5
-        while not stop.is_set():
-            wait = interval if deadline is None else min(interval, deadline - time.monotonic())
-            if wait <= 0:
-                break
-            if stop.wait(wait):
-                break
-            inst.mixer.collect()
-            if args.status_interval:
-                status.show(inst.status_line())
+        _main_loop(args, inst, stop, status)
         return 0
     finally:
         status.end()
@@ -492,6 +550,52 @@ def run_live(args, presets, preset, checkpoint) -> int:
         if port is not None:
             port.close()
         inst.close()
+        sys.setswitchinterval(switch)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+
+
+def run_live_jack(args, presets, preset, checkpoint) -> int:
+    """``--audio-api jack``: the instrument as one JACK client (`jack_io.JackIO`)."""
+    from .jack_io import JackIO
+    if args.midi_api not in ("auto", "jack"):
+        raise UserError("--audio-api jack takes its MIDI from JACK: use --midi-api jack (or auto)")
+    if args.device is not None:
+        raise UserError("--device names a PortAudio device; with --audio-api jack connect the "
+                        "outputs with jack_connect or a patchbay")
+    io = JackIO(name=args.virtual or "SING Synth", port=args.port)
+    inst = None
+    stop = threading.Event()
+    old_handlers = {}
+    status = StatusLine()
+    switch = sys.getswitchinterval()
+    try:
+        if args.samplerate and int(args.samplerate) != io.rate:
+            raise UserError(f"--samplerate {args.samplerate}: the JACK server runs at {io.rate} Hz")
+        _return_freed_notes()
+        inst = Instrument(args, io.rate, presets, preset, checkpoint, blocksize=io.blocksize)
+        inst.controller.collect_on_handle = False       # handle() runs on the audio thread
+        inst.output_latency = io.blocksize / io.rate
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if not args.no_prewarm:
+            inst.controller.prewarm()
+        io.start(inst.handle, inst.mixer)
+        old_handlers = _signals(stop)
+        print(f"ready: jack port '{io.port_name}' audio 'JACK {io.client.name}' {io.rate} Hz",
+              flush=True)
+
+        def tick():
+            if io.shutdown:
+                raise UserError(f"JACK: {io.shutdown}")
+            io.check()
+        _main_loop(args, inst, stop, status, tick)
+        return 0
+    finally:
+        status.end()
+        io.close()
+        if inst is not None:
+            inst.close()
+        sys.setswitchinterval(switch)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
 

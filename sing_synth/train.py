@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .checkpoint import atomic_save, checkpoint_from_payload, model_payload
+from .checkpoint import atomic_save, checkpoint_from_payload, model_payload, load_checkpoint
 from .config import SingConfig, named_config
 from .data import filter_notes, instrument_names, load_split, read_examples
 from .decoder import ConvEncoder
@@ -52,6 +52,8 @@ class TrainSettings:
     lr: float = 3e-4
     loss: str = "l1"                # l1 | mse | waveform
     resolutions: tuple = (1024,)    # STFT sizes of the spectral loss (the paper: 1024 alone)
+    loss_eps: float = 1.0           # log(eps + |X|^2): the paper's 1; lower it for quiet data
+                                    # (0.01 = the loss of notes 20 dB louder)
     bptt: int = 32
     amp: bool = True                # bf16 autocast (CPU and CUDA)
     seed: int = 0                   # model init, shuffling and the split
@@ -61,6 +63,8 @@ class TrainSettings:
     in_memory: bool = True
     workers: int = 0
     device: str = ""                # "" picks the best: cuda, mps, cpu
+    init_from: str = ""             # a checkpoint whose weights start the run (same config and
+                                    # instruments): training goes on across machines/sessions
     progress: bool = True
     metadata: dict = field(default_factory=dict)
 
@@ -93,7 +97,7 @@ class Trainer:
         self._load_data()
         self.model = SING(self.config).to(self.device)
         self.encoder = ConvEncoder(self.config).to(self.device)
-        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions).to(self.device)
+        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
 
@@ -174,6 +178,18 @@ class Trainer:
         if self.optimizer and training["optimizer"]:
             self.optimizer.load_state_dict(training["optimizer"])
 
+    def init_weights(self, path) -> None:
+        """Starts from a checkpoint's weights (an fp16 shipped model is widened to fp32).  The
+        encoder is not in a SING checkpoint: skip phase 1 (``--epochs 0,...``) or retrain it."""
+        ckpt = load_checkpoint(path)
+        if ckpt.model.config != self.config:
+            raise UserError(f"{path}: its config differs from this run's (size, steps, instruments)")
+        names = {int(k): str(v) for k, v in ckpt.instruments.items()}
+        if names != {int(k): str(v) for k, v in self.instruments.items()}:
+            raise UserError(f"{path}: its instruments differ from the data's")
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                                    for k, v in ckpt.model.state_dict().items()})
+
     def run_metadata(self) -> dict:
         meta = dict(self.settings.metadata)
         meta.update(trained_on=str(self.settings.data), seed=self.settings.seed,
@@ -212,6 +228,8 @@ class Trainer:
             self.load_state()
         elif self.state_path().exists():
             raise UserError(f"{self.out}: a run is already there; pass --resume to continue it")
+        elif s.init_from:
+            self.init_weights(s.init_from)
         if self.rank == 0:
             self.trim_metrics()
         board = self._tensorboard()
@@ -227,9 +245,12 @@ class Trainer:
                         board.add_scalars(PHASES[self.phase], {"train": row["train_loss"],
                                                                "valid": row["valid_loss"]}, self.epoch)
                     self.save_state()
+            # the state keeps (phase, its last epoch): resumed with more epochs, a finished run
+            # goes on training its last phase (a later session, a longer schedule)
             self.phase, self.epoch, self.optimizer = self.phase + 1, 0, None
-            if self.rank == 0:
-                self.save_state()
+        if self.rank == 0 and not (self.out / MODEL_FILE).exists():     # a run of no epochs
+            atomic_save(model_payload(self.model, self.instruments, self.run_metadata()),
+                        self.out / MODEL_FILE)
         if self.distributed:
             dist.barrier()
         return self.out / MODEL_FILE

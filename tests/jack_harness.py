@@ -39,6 +39,25 @@ def _fail_or_skip(message):
     pytest.skip(message)
 
 
+# One server, one capture and one sender for the whole session, whichever test modules import
+# the fixtures: each module that imports them gets its own fixture definitions, and a second
+# server's clients in this process, while the first one's still run, crash libjack
+# (jack_client_open).  The first definition to run creates them; the others share them.
+_SHARED: dict = {}
+
+
+def _shared(name, make, close):
+    if name in _SHARED:
+        yield _SHARED[name]
+        return
+    obj = _SHARED[name] = make()
+    try:
+        yield obj
+    finally:
+        del _SHARED[name]
+        close(obj)
+
+
 try:
     import pytest
 
@@ -46,6 +65,9 @@ try:
     def jack_server(tmp_path_factory):
         """A private jackd (dummy driver, 48 kHz, 256 frames); JACK_DEFAULT_SERVER names it for
         this process and its children.  No jackd: skip, or fail when CI=true."""
+        if "server" in _SHARED:
+            yield _SHARED["server"]
+            return
         if shutil.which("jackd") is None:
             _fail_or_skip("jackd not installed (Debian package jackd2)")
         try:
@@ -60,9 +82,11 @@ try:
             _fail_or_skip(f"jackd did not start: {e}")
         os.environ["JACK_DEFAULT_SERVER"] = server.name
         os.environ["JACK_NO_START_SERVER"] = "1"
+        _SHARED["server"] = server
         try:
             yield server
         finally:
+            del _SHARED["server"]
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -72,15 +96,11 @@ try:
 
     @pytest.fixture(scope="session")
     def capture(jack_server):
-        cap = Capture()
-        yield cap
-        cap.close()
+        yield from _shared("capture", Capture, lambda cap: cap.close())
 
     @pytest.fixture(scope="session")
     def midi_sender(jack_server):
-        sender = MidiSender()
-        yield sender
-        sender.close()
+        yield from _shared("sender", MidiSender, lambda sender: sender.close())
 except ImportError:     # pragma: no cover - the stand-in runs without pytest
     pass
 

@@ -79,3 +79,97 @@ def test_command_line_prints_table_and_writes_markdown(tmp_path, capsys, one_thr
         assert all(float(cell.replace(",", "")) > 0 for cell in row[3:])
     written = out.read_text()
     assert "machine:" in written and "--sizes small" in written and table[0] in written
+
+
+# ---------------------------------------------------------------------------------------------
+# the live benches (bench.latency, bench.mixer, bench.startup, python -m bench): their pieces on
+# tiny inputs, and one short JACK run with the test tone; nothing here depends on timings
+
+import shutil  # noqa: E402
+
+from bench import common, latency, mixer  # noqa: E402
+from bench import __main__ as bench_main  # noqa: E402
+
+
+def test_latency_note_lists_are_distinct_keys():
+    keys = latency.piano_keys(200)
+    assert len(set(keys)) == 200
+    assert all(24 <= pitch <= 96 and ch == 0 for ch, pitch, _ in keys)
+    notes = latency.busy_notes(200)
+    assert len({(n[2], n[3]) for n in notes}) > 1 and all(n[3] == 25 for n in notes)
+    programs = [n[0] for n in notes if n[0] is not None]
+    assert 0 not in programs and len(programs) == 200 // 8
+    played = set()
+    program = None
+    for prog, ch, pitch, vel in notes:                 # (preset, pitch) never repeats
+        program = prog if prog is not None else program
+        assert (program, pitch) not in played
+        played.add((program, pitch))
+
+
+def test_random_checkpoint_has_the_presets_instruments(tmp_path):
+    from sing_synth.checkpoint import load_checkpoint
+    from sing_synth.config import named_config
+    path = common.random_checkpoint(tmp_path / "r.pt")
+    ckpt = load_checkpoint(path)
+    names = common.preset_instruments()
+    assert sorted(ckpt.instruments.values()) == names
+    assert ckpt.model.config == named_config("small", n_instruments=len(names))
+    assert common.random_checkpoint(tmp_path / "r.pt") == path       # reused, not rewritten
+
+
+def test_mixer_sweep_rows_and_late_clients():
+    rows = mixer.sweep([1, 4], modes=("rate1", "mixed"), blocks=20, log=lambda s: None)
+    assert [(r["voices"], r["mode"]) for r in rows] == [(1, "rate1"), (4, "rate1"), (1, "mixed"),
+                                                      (4, "mixed")]
+    assert all(r["p99_pct"] > 0 for r in rows)
+    assert len(mixer.sweep_markdown(rows).splitlines()) == 2 + len(rows)
+    log = ("JackEngine::XRun: client = bench-soak was not finished, state = Running\n"
+           "JackEngine::XRun: client = e2e-midi was not finished, state = Triggered\n"
+           "JackEngine::XRun: client = bench-soak was not finished, state = Triggered\n")
+    assert mixer.late_clients(log) == {"bench-soak": 2, "e2e-midi": 1}
+    assert len(mixer.chord(128)) == 128 and len(set(mixer.chord(128))) == 128
+
+
+def test_targets_table_from_results():
+    lat = [latency.Latencies("sing-synth", "cached", 256, [6] * 10),
+           latency.Latencies("FluidSynth", "(sample playback)", 256, [20] * 10),
+           latency.Latencies("sing-synth", "not cached, idle renderer", 256, [1000] * 9 + [2000])]
+    results = {"latency": {"results": lat},
+               "mixer": {"sweep": [{"voices": 128, "mode": "mixed", "p99_pct": 7.0}],
+                         "soak": {"seconds": 60, "xruns": 1, "synth_late": 0, "others_late": 1}}}
+    rows = {target.split(" (")[0]: verdict for target, _, verdict in bench_main.targets(results)}
+    assert rows["mixer: 128 voices, p99 <= 10% of a 256-frame period"] == "met"
+    assert rows["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"] == "met"
+    assert rows["cached note-on -> sound <= 1 period"] == "met"
+    assert "missed" in rows["not-cached note-on -> sound <= 30 ms"]
+    assert "| synth |" in latency.markdown(lat)
+
+
+def test_bench_command_line_rejects_bad_input(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main.parse_args(["--notes", "0"])
+    assert exc.value.code == 2
+    assert "--notes" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("jackd") is None or shutil.which("fluidsynth") is None
+                    or not common.SF2.is_file(), reason="needs jackd, fluidsynth and FluidR3_GM")
+def test_latency_bench_runs_on_jack_with_the_test_tone():
+    """The latency rig end to end, three notes each: sing-synth (test tone, no model) with its
+    JACK backend, and FluidSynth; every note is found, cached notes within a period.  In a
+    child process: libjack keeps per-process state about the servers it has seen, and the
+    end-to-end tests start their own server in this one."""
+    import subprocess
+    r = subprocess.run([sys.executable, "-m", "bench.latency", "--test-tone", "--notes", "3",
+                        "--periods", "256", "--synths", "sing", "fluidsynth"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()
+            if line.startswith("| sing-synth") or line.startswith("| FluidSynth")]
+    assert [row[:3] for row in rows] == [["sing-synth", "not cached, idle renderer", "256"],
+                                         ["sing-synth", "cached", "256"],
+                                         ["FluidSynth", "(sample playback)", "256"]]
+    for row in rows:
+        assert row[3] == "3" and row[8] == "0", row          # 3 notes measured, none silent
+    assert float(rows[1][6]) < 256 / 48                      # cached: within the note-on's period

@@ -156,6 +156,38 @@ def test_harness_with_standin(jack_server, capture, midi_sender):  # noqa: F811
 
 
 # ---------------------------------------------------------------------------------------------
+# --audio-api jack: one JACK client, MIDI handled in the audio callback
+
+def test_jack_backend_sounds_in_the_period_of_the_note_on(jack_server, capture, midi_sender):  # noqa: F811
+    args = ["--virtual", "e2e-jackio", "--midi-api", "jack", "--audio-api", "jack", "--test-tone",
+            "--preset", "piano", "--status-interval", 0.2]
+    with H.Synth(args, midi_sender, capture) as s:
+        assert s.ready_line.startswith("ready: jack port 'e2e-jackio:midi_in'"), s.ready_line
+        for pitch in (69, 60, 72):           # rendered (cached) first: the latency is the mixer's
+            play(midi_sender, capture, pitch, 0.2)
+            midi_sender.send(midi_sender.note_off(pitch), midi_sender.cc(120, 0))
+        time.sleep(0.3)
+        lats = []
+        for pitch in (69, 60, 72):
+            f, x = play(midi_sender, capture, pitch, 0.5)
+            lats.append(latency_frames(x))
+            f0 = fundamental(held(x, lats[-1]))
+            midi_sender.send(midi_sender.note_off(pitch))
+            assert abs(H.cents(f0, H.midi_hz(pitch))) < 50, (pitch, f0)
+            assert silent_by(capture, f) is not None
+        assert s.status_values("xruns"), s.stderr_text()
+    assert s.proc.returncode == 0, s.stderr_text()
+    print(f"--audio-api jack: note-on -> first sound {lats} frames")
+    assert max(lats) < PERIOD, lats      # FluidSynth's way: in the period the note-on came in
+
+
+def test_jack_backend_with_another_midi_api_exits_2(synth_ready):
+    _assert_user_error(H.run_synth_once(["--virtual", "--test-tone", "--audio-api", "jack",
+                                         "--midi-api", "alsa", "--duration", 1]),
+                       "--audio-api jack --midi-api alsa")
+
+
+# ---------------------------------------------------------------------------------------------
 # notes
 
 def test_note_pitch_and_latency(fresh):

@@ -129,7 +129,9 @@ def test_render_midi_with_a_tiny_sing_checkpoint(tmp_path, capsys):
     code = play.main(["--checkpoint", str(ckpt), "--presets-dir", str(presets), "--preset", "keys",
                       "--render-device", "cpu", "--samplerate", "16000", "--gain", "1",
                       "--render-midi", str(tmp_path / "song.mid"), "-o", str(out)])
-    assert code == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert " 2 notes rendered" in captured.out, captured.out    # the file's notes, no preset prewarm
     audio, rate = soundfile.read(out)
     assert rate == 16000 and len(audio) >= 0.5 * rate
     assert np.isfinite(audio).all() and np.abs(audio[: rate // 2]).max() > 1e-3

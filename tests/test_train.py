@@ -61,8 +61,15 @@ def held_out_pair(data, seed):
 def trained(short_dataset, tmp_path_factory):
     seed = next(s for s in range(100) if held_out_pair(short_dataset, s))
     run = tmp_path_factory.mktemp("run")
-    path = train(TrainSettings(data=str(short_dataset), out=str(run), epochs=(40, 15, 60), seed=seed,
-                               **LEARNING))
+    # a fixed thread count: the trajectory (and so this small model's pitch) depends on the
+    # reduction order, and other tests' render workers change torch's thread setting
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path = train(TrainSettings(data=str(short_dataset), out=str(run), epochs=(40, 15, 60), seed=seed,
+                                   **LEARNING))
+    finally:
+        torch.set_num_threads(threads)
     return run, path, held_out_pair(short_dataset, seed)
 
 
@@ -116,6 +123,40 @@ def test_existing_run_needs_resume(short_dataset, tmp_path):
     again = subprocess.run(train_command(short_dataset, run, "--epochs", "1,0,0"), capture_output=True, text=True)
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0 and "--resume" in again.stderr
+
+
+def test_finished_run_trains_on_with_more_epochs(short_dataset, tmp_path):
+    run = tmp_path / "run"
+    command = train_command(short_dataset, run, "--epochs", "1,1,1")
+    assert subprocess.run(command, capture_output=True, text=True).returncode == 0
+    same = subprocess.run(command + ["--resume"], capture_output=True, text=True)
+    assert same.returncode == 0 and len(read_metrics(run)) == 3            # nothing left to do
+    more = subprocess.run(train_command(short_dataset, run, "--epochs", "1,1,3", "--resume"),
+                          capture_output=True, text=True)
+    assert more.returncode == 0, more.stderr
+    assert [(r["phase"], int(r["epoch"])) for r in read_metrics(run)] == [
+        (PHASES[0], 1), (PHASES[1], 1), (PHASES[2], 1), (PHASES[2], 2), (PHASES[2], 3)]
+
+
+def test_init_from_continues_a_finished_model(short_dataset, tmp_path):
+    """A later session goes on training a shipped (fp16) model end to end: the run starts from its
+    weights, and a checkpoint of another size is refused in one line."""
+    first = subprocess.run(train_command(short_dataset, tmp_path / "a", "--epochs", "1,1,1"),
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    half = tmp_path / "half.pt"
+    subprocess.run([sys.executable, "-m", "sing_synth", "convert", str(tmp_path / "a" / "model.pt"),
+                    str(half), "--half"], check=True, capture_output=True)
+    again = subprocess.run(train_command(short_dataset, tmp_path / "b", "--epochs", "0,0,0",
+                                         "--init-from", str(half)), capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    start = load_checkpoint(half).model.state_dict()
+    after = load_checkpoint(tmp_path / "b" / "model.pt").model.state_dict()
+    assert all(torch.equal(start[k].float(), after[k]) for k in start)
+    bigger = [a if a != "16" else "24" for a in train_command(short_dataset, tmp_path / "c", "--epochs",
+                                                               "0,0,1", "--init-from", str(half))]
+    refused = subprocess.run(bigger, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "config" in refused.stderr
 
 
 def test_torchrun_two_processes_on_gloo(short_dataset, tmp_path):

@@ -31,7 +31,7 @@ def bench_mixer(voices: int, mode: str, frames=256, rate=48000, blocks=2000, war
     mixer = Mixer(rate, blocksize_max=max(4096, frames), polyphony=max(128, voices))
     for v in range(voices):
         # channels 0-3 bent in 'bend' mode, channel 0 only in 'mixed'; channel 1 released in 'mixed'
-        mixer.post(NoteOn(v % 4, v, note, gain=0.05, release=30.0))
+        mixer.post(NoteOn(v % 4, v % 128, note, gain=0.05, release=30.0))
     if mode == "bend":
         for c in range(4):
             mixer.post(PitchBend(c, 1.0 + 0.01 * (c + 1)))
@@ -41,7 +41,7 @@ def bench_mixer(voices: int, mode: str, frames=256, rate=48000, blocks=2000, war
     for b in range(warmup):
         if b == warmup // 2 and mode == "mixed":
             for v in range(1, voices, 4):
-                mixer.post(NoteOff(1, v))
+                mixer.post(NoteOff(1, v % 128))
         mixer.callback(out, frames, None, None)
     mixer.reset_timing()
     cpu = np.empty(blocks)

@@ -111,6 +111,11 @@ class Controller:
                            started=0, started_late=0, dropped=0, out_of_range=0, request_errors=0,
                            program_errors=0)
         self.last_error = None
+        # drop the mixer's finished notes in `handle`; off when `handle` runs on the audio
+        # thread (jack_io), where the main loop collects them instead
+        self.collect_on_handle = True
+        self.prewarm_programs = True     # program change prewarms the new preset (live); offline
+                                         # rendering knows every note beforehand and turns it off
         self._lock = threading.RLock()
         self._tokens = itertools.count()
         self._pending: dict = {}        # render key -> [_Pending] in arrival order
@@ -131,7 +136,8 @@ class Controller:
         does not use are counted (``unknown``; system real-time ones in ``ignored``)."""
         try:
             self.counts["messages"] += 1
-            self.mixer.collect()
+            if self.collect_on_handle:
+                self.mixer.collect()
             if isinstance(msg, (bytes, bytearray, list, tuple)):
                 msg = mido.Message.from_bytes(list(msg))
             kind = msg.type
@@ -301,7 +307,7 @@ class Controller:
         ch.preset = preset
         ch.bend_range = float(preset.bend_range)
         self._post_bend(c)
-        if changed:     # a new current preset: render its notes before they are played
+        if changed and self.prewarm_programs:   # a new current preset: render its notes before they are played
             try:
                 self.prewarm(preset)
             except Exception as exc:

@@ -7,6 +7,14 @@ never on the caller's thread; urgent requests (a key pressed now) go ahead of pr
 note is resampled once, model rate -> stream rate (soxr, float32 mono), and kept in an LRU cache
 bounded by ``cache_mb``.
 
+Latency of a note not cached yet (a key pressed now): prewarm batches are small (2 notes) and
+render in steps, and urgent keys are rendered between two steps of a prewarm batch, so they never
+wait for a whole batch; and an urgent note is rendered head first -- the LSTM's first steps and
+the decoder's first 32 frames give its first ~0.4 s exactly (the LSTM is causal, frames overlap
+only their neighbours), which is handed out at once while the worker writes the rest of the
+array behind it, long before playback gets there.  On the small model that is ~1/8 of a note's
+render time before it sounds (bench/RESULTS.md).
+
 Eviction and playing voices: the cache only drops its own reference.  A voice that is playing an
 evicted note holds the array itself, so the note plays on to its end and is freed when the last
 reference goes (the mixer hands finished notes back to the control thread for that, see
@@ -34,7 +42,8 @@ from ..fast import FastRenderer, best_dtype
 URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
-DECODER_CHUNK = 64    # ... and its decoder in steps of this many frames (of 257)
+DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
+HEAD_FRAMES = 32      # an urgent note's head: its first 32 frames (~0.4 s), delivered first
 FADE_IN_S = 0.001    # against a click at the very first sample
 FADE_OUT_S = 0.010   # a note that is cut at 4 s by the model's length ends on zero
 
@@ -104,6 +113,10 @@ class NoteRenderer:
         threads: torch (OpenMP) threads of the worker; default `default_threads`, which leaves
             one core to the audio and MIDI threads; 0 keeps torch's setting.
         lstm_chunks, decoder_chunk: the steps a batch renders in (`FastRenderer.stages`).
+        head_frames: urgent notes are rendered head first: the LSTM and the decoder for their
+            first ``head_frames`` frames, the note handed to the ready callbacks (and to
+            `request`) with that head written, then the rest written behind it while it plays
+            (0: whole notes only).  A key pressed now sounds after ~1/8 of a note's render time.
 
     Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
     prewarm notes rendered with it); a prewarm batch holds prewarm requests.  A prewarm batch
@@ -119,7 +132,7 @@ class NoteRenderer:
 
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
                  on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
-                 lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK):
+                 lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -134,6 +147,7 @@ class NoteRenderer:
         self.threads = default_threads() if threads is None else max(0, int(threads))
         self.lstm_chunks = max(1, int(lstm_chunks))
         self.decoder_chunk = max(1, int(decoder_chunk))
+        self.head_frames = max(0, int(head_frames))
         self.cache_limit = int(float(cache_mb) * 2 ** 20)
         self.instruments = {int(k): str(v) for k, v in checkpoint.instruments.items()}
         self._ids = {name: idx for idx, name in self.instruments.items()}
@@ -149,7 +163,9 @@ class NoteRenderer:
         self._in_flight: set = set()
         self._requested_at: dict = {}      # key -> perf_counter of its first urgent request
         self._cache: OrderedDict = OrderedDict()
+        self._filling: dict = {}           # key -> note whose head is out and rest rendering
         self._cache_bytes = 0
+        self._cache_pages = 0
         self._prewarm_pending: set = set()
         self._prewarm_done = 0
         self._prewarm_total = 0
@@ -220,29 +236,33 @@ class NoteRenderer:
             self._callbacks.append(callback)
 
     def get(self, key):
-        """The cached note (marking it recently used), or None; queues nothing."""
+        """The cached note (marking it recently used), or None; queues nothing.  A note whose head
+        is ready and whose rest is rendering (see ``head_frames``) counts as cached."""
         with self._cond:
-            note = self._cache.get(key)
-            if note is not None:
-                self._cache.move_to_end(key)
+            return self._lookup(key)
+
+    def _lookup(self, key):
+        """The cached or filling note for ``key``, or None (lock held)."""
+        note = self._cache.get(key)
+        if note is not None:
+            self._cache.move_to_end(key)
             return note
+        return self._filling.get(key)
 
     def request(self, key, urgent=True):
         """The cached note for ``key`` at once, or None after queueing it (urgent: ahead of every
         prewarm request).  Raises ValueError for a bad key (before queueing anything)."""
         with self._cond:
-            note = self._cache.get(key)
+            note = self._lookup(key)
             if note is not None:
-                self._cache.move_to_end(key)
                 self._counts["hits"] += 1
                 return note
         self.check_key(key)
         with self._cond:
             if self._closed:
                 return None
-            note = self._cache.get(key)     # rendered meanwhile
+            note = self._lookup(key)     # rendered meanwhile
             if note is not None:
-                self._cache.move_to_end(key)
                 self._counts["hits"] += 1
                 return note
             self._counts["misses"] += 1
@@ -317,6 +337,7 @@ class NoteRenderer:
                 "cache_limit_mb": self.cache_limit / 2 ** 20,
                 "queue": len(self._queued),
                 "rendering": len(self._in_flight),
+                "filling": len(self._filling),
                 "prewarm_done": self._prewarm_done,
                 "prewarm_total": self._prewarm_total,
                 "last_urgent_ms": delays[-1] if delays else None,
@@ -395,23 +416,32 @@ class NoteRenderer:
     def _run(self, batch, preempt: bool) -> None:
         """Renders ``batch`` step by step (`FastRenderer.stages`) and delivers it.  With
         ``preempt`` (a prewarm batch), urgent requests queued meanwhile are rendered and delivered
-        between two steps: a key pressed now waits for one step (a few ms), not a whole batch."""
+        between two steps: a key pressed now waits for one step (a few ms), not a whole batch.
+        Without it (an urgent batch), the notes' heads are rendered first and delivered at once
+        (`_start_notes`); the rest of each note is written behind them (`_finish_note`)."""
         notes = error = None
+        filling = None
         spent = 0.0
         try:
-            steps = self.fast.stages(*self._inputs(batch), lstm_chunks=self.lstm_chunks,
-                                     decoder_chunk=self.decoder_chunk)
+            # an urgent batch gives way to nobody: after its head, the rest in one LSTM run and
+            # one decoder pass (each step costs ~1 ms of overhead at batch 1)
+            steps = self.fast.stages(*self._inputs(batch),
+                                     lstm_chunks=self.lstm_chunks if preempt else 1,
+                                     decoder_chunk=self.decoder_chunk if preempt else 1 << 20,
+                                     head_frames=0 if preempt else self.head_frames)
             while True:
                 t0 = time.perf_counter()
                 try:
                     with torch.inference_mode():
-                        next(steps)
+                        head = next(steps)
                 except StopIteration as done:
                     waves = done.value
                     spent += time.perf_counter() - t0
                     break
+                if head is not None:
+                    filling = self._start_notes(batch, head.float().cpu().numpy())
                 spent += time.perf_counter() - t0
-                if self._closed:
+                if self._closed and filling is None:
                     steps.close()
                     waves = None
                     break
@@ -419,11 +449,83 @@ class NoteRenderer:
                     self._serve_urgent()
             if waves is not None:
                 t0 = time.perf_counter()
-                notes = [self._prepare(w) for w in waves.float().cpu().numpy()]
+                waves = waves.float().cpu().numpy()
+                if filling is None:
+                    notes = [self._prepare(w) for w in waves]
+                else:
+                    notes = [self._finish_note(f, w) for f, w in zip(filling, waves)]
                 spent += time.perf_counter() - t0
         except Exception as exc:   # a failed batch is reported, never kills the worker
             error = exc
-        self._deliver(batch, notes, error, spent)
+            for f in filling or ():
+                self._cut_note(f)
+        self._deliver(batch, notes, error, spent, started=filling is not None)
+
+    def _start_notes(self, batch, heads) -> list:
+        """Heads of an urgent batch (model rate): each note's array, stream-rate, its head written
+        and the rest zeros, handed to the ready callbacks now; returns the fill state of each,
+        [note, resampler, samples written, model samples consumed].
+
+        The voices play the array while the worker writes the rest behind the head: the head
+        is ``head_frames`` frames (~0.4 s at the stream rate with the default 32), the rest takes
+        ~20 ms to render, so playback never reaches a sample before it is written.  The array
+        is made read-only, and cached, once complete."""
+        filling = []
+        for wave in heads:
+            resampler = None
+            if self.stream_rate != self.model_rate:    # soxr's stream: the same samples as resample()
+                resampler = soxr.ResampleStream(self.model_rate, self.stream_rate, 1,
+                                                dtype="float32", quality="HQ")
+            note = np.zeros(self.note_length, np.float32)
+            written = self._append(note, 0, wave, resampler, last=False)
+            n_in = min(len(self._fade_in), written)
+            note[:n_in] *= self._fade_in[:n_in]
+            filling.append([note, resampler, written, len(wave)])
+        ready = []
+        with self._cond:
+            now = time.perf_counter()
+            callbacks = list(self._callbacks)
+            for key, f in zip(batch, filling):
+                self._filling[key] = f[0]
+                asked = self._requested_at.pop(key, None)
+                if asked is not None:
+                    self._urgent_delays.append(now - asked)
+                ready.append((key, f[0]))
+        self._call(callbacks, ready)
+        return filling
+
+    @staticmethod
+    def _append(note, written: int, wave, resampler, last: bool) -> int:
+        wave = np.nan_to_num(np.asarray(wave, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        out = wave if resampler is None else resampler.resample_chunk(wave, last=last)
+        n = max(0, min(len(out), len(note) - written))
+        note[written:written + n] = out[:n]
+        return written + n
+
+    def _finish_note(self, fill, wave) -> np.ndarray:
+        note, resampler, written, consumed = fill
+        self._append(note, written, wave[consumed:], resampler, last=True)
+        n_out = min(len(self._fade_out), len(note))
+        note[len(note) - n_out:] *= self._fade_out[len(self._fade_out) - n_out:]
+        note.flags.writeable = False
+        return note
+
+    def _cut_note(self, fill) -> None:
+        """A note whose rest failed: it ends with a fade after its head."""
+        note, _, written, _ = fill
+        n_out = min(len(self._fade_out), written)
+        if n_out:
+            note[written - n_out:written] *= self._fade_out[len(self._fade_out) - n_out:]
+
+    def _call(self, callbacks, ready) -> None:
+        for key, note in ready:
+            for callback in callbacks:
+                try:
+                    callback(key, note)
+                except Exception as exc:
+                    with self._cond:
+                        self._counts["errors"] += 1
+                        self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
 
     def _urgent_waiting(self) -> bool:
         with self._cond:
@@ -441,23 +543,27 @@ class NoteRenderer:
                 return
             self._run(batch, preempt=False)
 
-    def _deliver(self, batch, notes, error, elapsed: float) -> None:
-        """Stores the rendered notes, calls the ready callbacks, and takes ``batch`` out of flight
-        (notes None: nothing rendered -- an error, or closing)."""
+    def _deliver(self, batch, notes, error, elapsed: float, started=False) -> None:
+        """Stores the rendered notes, calls the ready callbacks (unless ``started``: they had the
+        notes at their head, `_start_notes`), and takes ``batch`` out of flight (notes None:
+        nothing rendered -- an error, or closing)."""
         ready = []
         with self._cond:
             callbacks = list(self._callbacks)
+            for key in batch:
+                self._filling.pop(key, None)
             if notes is not None:
                 now = time.perf_counter()
                 for key, note in zip(batch, notes):
                     self._store(key, note)
                     asked = self._requested_at.pop(key, None)
-                    if asked is not None:
+                    if asked is not None and not started:
                         self._urgent_delays.append(now - asked)
                     if key in self._prewarm_pending:
                         self._prewarm_pending.discard(key)
                         self._prewarm_done += 1
-                    ready.append((key, note))
+                    if not started:
+                        ready.append((key, note))
                 self._counts["rendered"] += len(batch)
                 self._counts["batches"] += 1
                 self._last_batch_s, self._last_batch_n = elapsed, len(batch)
@@ -471,14 +577,7 @@ class NoteRenderer:
                     if key in self._prewarm_pending:
                         self._prewarm_pending.discard(key)
                         self._prewarm_total -= 1
-        for key, note in ready:
-            for callback in callbacks:
-                try:
-                    callback(key, note)
-                except Exception as exc:
-                    with self._cond:
-                        self._counts["errors"] += 1
-                        self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
+        self._call(callbacks, ready)
         with self._cond:       # idle only once the callbacks are done (`wait_idle`)
             self._in_flight.difference_update(batch)
             self._cond.notify_all()
@@ -508,13 +607,27 @@ class NoteRenderer:
         return wave
 
     def _store(self, key, note) -> None:
-        """LRU insert (lock held); a note larger than the whole cache is delivered, not kept."""
+        """LRU insert (lock held); a note larger than the whole cache is delivered, not kept.
+        The bound counts each note's memory as the system sees it (`footprint`); ``cache_mb``
+        in `status` reports the notes' bytes."""
         old = self._cache.pop(key, None)
         if old is not None:
             self._cache_bytes -= old.nbytes
+            self._cache_pages -= footprint(old)
         self._cache[key] = note
         self._cache_bytes += note.nbytes
-        while self._cache_bytes > self.cache_limit and self._cache:
+        self._cache_pages += footprint(note)
+        while self._cache_pages > self.cache_limit and self._cache:
             _, evicted = self._cache.popitem(last=False)
             self._cache_bytes -= evicted.nbytes
+            self._cache_pages -= footprint(evicted)
             self._counts["evictions"] += 1
+
+
+PAGE = 4096
+
+
+def footprint(note) -> int:
+    """Resident bytes of a note: whole pages, plus one for the allocator's header (notes are
+    mmap'd chunks, see `play._return_freed_notes`) -- 0.8% above ``nbytes`` at 48 kHz."""
+    return (note.nbytes // PAGE + 2) * PAGE

@@ -132,9 +132,10 @@ def test_controller_renderer_mixer_together(tiny_checkpoint, one_thread):
     mixer = Mixer(48000, blocksize_max=1024)
     with NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32) as renderer:
         controller = Controller(mixer, renderer, {"flute": preset}, "flute", 48000)
-        controller.handle(mido.Message("note_on", note=60, velocity=100))
         out = np.zeros((256, 2), np.float32)
-        mixer.callback(out, 256, None, None)
+        with renderer._cond:                        # the worker cannot take the request yet
+            controller.handle(mido.Message("note_on", note=60, velocity=100))
+            mixer.callback(out, 256, None, None)
         assert not out.any()                        # not rendered yet: nothing plays
         assert renderer.wait_idle(timeout=60)
         mixer.callback(out, 256, None, None)
@@ -177,11 +178,11 @@ def test_urgent_key_overtakes_a_prewarm_batch_between_its_steps(tiny_checkpoint,
 
 def _pause_after_first(steps, pause, started, go):
     """Passes ``steps`` through; with ``pause``, blocks after its first step until ``go``."""
-    next(steps)
+    first = next(steps)
     if pause:
         started.set()
         assert go.wait(30)
-    yield
+    yield first
     return (yield from steps)
 
 
@@ -201,3 +202,44 @@ def test_close_while_a_prewarm_batch_renders_stops_at_the_next_step(tiny_checkpo
     renderer.close(timeout=30)
     assert not renderer._thread.is_alive()
     assert renderer.status()["errors"] == 0
+
+
+def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, one_thread):
+    """An urgent note reaches the callbacks (and `request`) once its head is rendered, its tail
+    still zeros; when complete it is the same array, read-only, cached, and equal to a whole-note
+    render."""
+    seen = {}
+
+    def on_ready(key, note):
+        seen["tail"] = note[-1000:].copy()
+        seen["head"] = note[100:2000].copy()
+        seen["writeable"] = note.flags.writeable
+        seen["request"] = renderer.request(key)            # a note being filled counts as ready
+        seen["filling"] = renderer.status()["filling"]
+        seen["note"] = note
+
+    with NoteRenderer(tiny_checkpoint, device="cpu", stream_rate=48000, on_ready=on_ready,
+                      dtype=torch.float32, head_frames=32) as renderer:
+        key = (instrument_key("flute"), 60, 3)
+        assert renderer.request(key) is None
+        assert renderer.wait_idle(timeout=60)
+        note = renderer.get(key)
+        whole = renderer._render([key])[0]
+        status = renderer.status()
+    assert note is seen["note"] and seen["request"] is note and seen["filling"] == 1
+    assert seen["writeable"] and not note.flags.writeable and status["filling"] == 0
+    assert not seen["tail"].any() and seen["head"].any()       # the head first, the rest later
+    assert note[-1] == 0 and note[0] == 0                       # faded ends, as whole notes
+    np.testing.assert_allclose(note, whole, atol=1e-6)
+    assert status["rendered"] == 1 and status["errors"] == 0 and len(renderer.urgent_delays_ms) == 1
+
+
+def test_head_first_off_and_for_prewarm(tiny_checkpoint, one_thread):
+    recorder = Recorder()
+    with NoteRenderer(tiny_checkpoint, device="cpu", on_ready=recorder, dtype=torch.float32,
+                      head_frames=0) as renderer:
+        renderer.request((instrument_key(0), 60, 3))
+        renderer.prewarm([(instrument_key(0), 61, 3)])
+        assert renderer.wait_idle(timeout=60)
+        assert renderer.status()["rendered"] == 2
+    assert len(recorder.keys) == 2                              # one callback per note

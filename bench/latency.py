@@ -1,0 +1,269 @@
+"""Note-on -> first sound through one JACK server: sing-synth (cached, not cached) and FluidSynth.
+
+    python -m bench.latency [--notes 200] [--periods 256 64] [--checkpoint PATH | --test-tone]
+                            [--synths sing portaudio busy fluidsynth]
+
+One `jackd -d dummy` server per period (48 kHz); the same JACK MIDI client (`jack_rig.MidiSender`)
+sends the notes to each synth in turn and a JACK capture client (`jack_rig.Capture`) finds each
+note's first sample above -80 dBFS.  Both are on JACK's frame clock: the latency is the frame of
+that sample minus the frame of the period the note-on entered the graph in (the MIDI transport
+inside one JACK graph is 0 frames: the sender runs before the synth in the same cycle).  After
+each note, all-sound-off and a wait for silence, so every onset starts from silence.
+
+Rows (sing-synth with ``--audio-api jack`` unless marked PortAudio):
+- not cached, idle renderer: ``--no-prewarm``, distinct piano keys, each rendered when played;
+- cached: the same keys again (now in the cache); FluidSynth plays the same keys;
+- not cached, prewarm running: the start preset prewarms, and every 8 notes a program change
+  selects another preset (whose prewarm is queued too); the notes are that preset's
+  velocity-25 layer, which its prewarm renders last -- notes found cached anyway (sounding
+  within their note-on's period) are left out and counted.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from . import common
+from . import jack_rig as R
+
+FLOOR = 1e-4              # |sample| above this is sound (-80 dBFS)
+RATE = 48000
+LAYERS = (100, 127, 75, 50, 25)
+PIANO_RANGE = (24, 96)
+
+
+@dataclass
+class Latencies:
+    synth: str
+    case: str
+    period: int
+    frames: list = field(default_factory=list)   # None: no sound within the timeout
+    left_out: int = 0                              # not-cached notes found cached
+    note: str = ""
+
+    @property
+    def measured(self) -> list:
+        return [f for f in self.frames if f is not None]
+
+    def ms(self, q) -> float:
+        return common.percentile([f / RATE * 1e3 for f in self.measured], q)
+
+    @property
+    def missing(self) -> int:
+        return sum(f is None for f in self.frames)
+
+
+# ------------------------------------------------------------------------------------ notes
+def piano_keys(n: int) -> list:
+    """``n`` distinct (channel, pitch, velocity) piano keys, pitches spread over the range."""
+    lo, hi = PIANO_RANGE
+    width = hi - lo + 1
+    keys = []
+    for i in range(n):
+        layer = LAYERS[(i // width) % len(LAYERS)]
+        keys.append((0, lo + (i * 29) % width, layer))     # 29 is prime to 73: a permutation
+    return keys
+
+
+def busy_notes(n: int, per_preset=8) -> list:
+    """(program change or None, channel, pitch, velocity): blocks of ``per_preset`` notes of one
+    non-piano preset at velocity 25, a program change starting each block."""
+    from sing_synth.presets import load_presets
+    presets = [p for p in load_presets().values() if p.program != 0]
+    notes = []
+    for i in range(n):
+        preset = presets[(i // per_preset) % len(presets)]
+        lo, hi = preset.pitch_range
+        k = i % per_preset
+        rounds = i // (per_preset * len(presets))       # > 0 only past every preset
+        pitch = lo + (k * (hi - lo + 1) // per_preset + rounds) % (hi - lo + 1)
+        notes.append((preset.program if k == 0 else None, 1, pitch, 25))
+    return notes
+
+
+# ------------------------------------------------------------------------------------ playing
+def wait_silence(cap, timeout=2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        start = cap.wait_seconds(0.01)
+        if abs(cap.since(start)).max(initial=0) < FLOOR:
+            return True
+    return False
+
+
+def play_one(sender, cap, channel, pitch, velocity, timeout_s=3.0):
+    """Note-on; frames from its period to the first sound (None: none within ``timeout_s``);
+    then note-off, all-sound-off and silence."""
+    f = sender.send(sender.note_on(pitch, velocity, channel))
+    step = int(0.02 * RATE)
+    end, last = f + step, f + int(timeout_s * RATE)
+    onset = None
+    while onset is None and end <= last:
+        cap.wait_until(end)
+        onset = R.onset(cap.since(f, end), FLOOR)
+        end += step
+    sender.send(sender.note_off(pitch, channel), sender.cc(120, 0, channel))
+    wait_silence(cap)
+    return onset
+
+
+def play_keys(sender, cap, keys, timeout_s=3.0) -> list:
+    return [play_one(sender, cap, ch, pitch, vel, timeout_s) for ch, pitch, vel in keys]
+
+
+def play_busy(sender, cap, notes, timeout_s=3.0) -> list:
+    out = []
+    for program, ch, pitch, vel in notes:
+        if program is not None:
+            sender.send(sender.program(program, ch))
+        out.append(play_one(sender, cap, ch, pitch, vel, timeout_s))
+    return out
+
+
+def warm_up(sender, cap) -> None:
+    """Three notes outside the measured keys (first renders set up oneDNN's kernels)."""
+    for pitch in (40, 52, 64):
+        play_one(sender, cap, 2, pitch, 100, timeout_s=5.0)
+
+
+# ------------------------------------------------------------------------------------ synths
+def run_sing(period, checkpoint, keys, audio_api="jack", log=common.log) -> list:
+    """Not cached (idle renderer) then cached, on one sing-synth with ``--no-prewarm``."""
+    sender, cap = R.MidiSender(), R.Capture()
+    try:
+        args = common.sing_command(checkpoint, period, f"bench-sing-{audio_api}", "--no-prewarm",
+                                   audio_api=audio_api)
+        with R.Synth(args, sender, cap) as synth:
+            time.sleep(0.3)
+            warm_up(sender, cap)
+            label = "sing-synth" if audio_api == "jack" else "sing-synth (PortAudio + rtmidi)"
+            cold = Latencies(label, "not cached, idle renderer", period, play_keys(sender, cap, keys))
+            log(f"  {label} p{period}: not cached p50 {cold.ms(50):.1f} ms")
+            warm = Latencies(label, "cached", period, play_keys(sender, cap, keys))
+            log(f"  {label} p{period}: cached p50 {warm.ms(50):.2f} ms")
+            xruns = synth.status_values("xruns")
+        for r in (cold, warm):
+            r.note = f"xruns {xruns[-1] if xruns else '?'}"
+        return [cold, warm]
+    finally:
+        sender.close()
+        cap.close()
+
+
+def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
+    """Not cached while the renderer prewarms (start preset, then every preset played)."""
+    sender, cap = R.MidiSender(), R.Capture()
+    try:
+        args = common.sing_command(checkpoint, period, "bench-sing-busy")
+        with R.Synth(args, sender, cap) as synth:
+            time.sleep(0.3)
+            warm_up(sender, cap)
+            frames = play_busy(sender, cap, notes)
+            prewarm = [line for line in synth.status_lines() if "prewarm=" in line]
+        # with --audio-api jack a cached note sounds in its note-on's period; one rendered on
+        # demand can start one period later at the earliest (its note-on's period is mixed by
+        # then): a note under one period came from the cache (its preset's prewarm got there)
+        kept = [f for f in frames if f is None or f >= period]
+        result = Latencies("sing-synth", "not cached, prewarm running", period, kept,
+                           left_out=len(frames) - len(kept))
+        last = prewarm[-1].split("prewarm=")[1].split()[0] if prewarm else "?"
+        result.note = f"prewarm at the end {last}"
+        log(f"  sing-synth p{period}: not cached (prewarm running) p50 {result.ms(50):.1f} ms")
+        return result
+    finally:
+        sender.close()
+        cap.close()
+
+
+def run_fluidsynth(period, keys, log=common.log) -> Latencies:
+    sender, cap = R.MidiSender(), R.Capture()
+    try:
+        with R.Synth([], sender, cap, command=common.fluidsynth_command("bench-fluid"),
+                     ready_line=False, stdin=subprocess.PIPE) as synth:
+            time.sleep(0.5)
+            for pitch in (40, 52, 64):               # the same warm-up as sing-synth's
+                play_one(sender, cap, 2, pitch, 100)
+            result = Latencies("FluidSynth", "(sample playback)", period,
+                               play_keys(sender, cap, keys))
+            assert synth.alive()
+        log(f"  FluidSynth p{period}: p50 {result.ms(50):.2f} ms")
+        return result
+    finally:
+        sender.close()
+        cap.close()
+
+
+SYNTHS = ("sing", "portaudio", "busy", "fluidsynth")
+
+
+def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synths=SYNTHS) -> list:
+    """Every row, for every period; returns a list of `Latencies`.  ``checkpoint`` None:
+    sing-synth plays its test tone (the rig's check, no model)."""
+    results = []
+    for period in periods:      # one server, and one process (`common.isolated`), per period
+        results += common.isolated(period_rows, period, notes, checkpoint,
+                                   period in busy_periods, tuple(synths))
+    return results
+
+
+def period_rows(period, notes, checkpoint, busy, synths) -> list:
+    keys = piano_keys(notes)
+    results = []
+    with common.jack_server(period):
+        if "sing" in synths:
+            results += run_sing(period, checkpoint, keys, "jack")
+        if "portaudio" in synths:
+            results += run_sing(period, checkpoint, keys, "portaudio")[1:]
+        if "busy" in synths and busy:
+            results.append(run_sing_busy(period, checkpoint, busy_notes(notes)))
+        if "fluidsynth" in synths:
+            results.append(run_fluidsynth(period, keys))
+    return results
+
+
+HEADER = ("synth", "note", "period", "notes", "p50 ms", "p99 ms", "max ms", "p50 periods",
+          "no sound", "note")
+
+
+def markdown(results) -> str:
+    rows = []
+    for r in results:
+        rows.append((r.synth, r.case, r.period, len(r.measured), common.fmt(r.ms(50)),
+                     common.fmt(r.ms(99)), common.fmt(r.ms(100)),
+                     common.fmt(r.ms(50) / (r.period / RATE * 1e3)),
+                     r.missing, r.note + (f"; {r.left_out} found cached, left out" if r.left_out else "")))
+    return common.table(HEADER, rows, ["l", "l"] + ["r"] * 7 + ["l"])
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.splitlines()[0])
+    p.add_argument("--notes", type=int, default=200)
+    p.add_argument("--periods", type=int, nargs="+", default=[256, 64])
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--test-tone", action="store_true",
+                   help="sing-synth plays its built-in tone (checks the rig; no model)")
+    p.add_argument("--synths", nargs="+", choices=SYNTHS, default=list(SYNTHS),
+                   help="rows to run: sing (JACK backend), portaudio, busy (prewarm running), "
+                        "fluidsynth")
+    args = p.parse_args(argv)
+    if args.notes < 1 or any(x < 16 for x in args.periods):
+        p.error("--notes must be >= 1 and --periods >= 16")
+    try:
+        if args.test_tone:
+            ckpt, label = None, "none: sing-synth's test tone"
+        else:
+            ckpt, label = common.bench_checkpoint(args.checkpoint)
+        results = run(args.periods, args.notes, ckpt, synths=args.synths)
+    except common.BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"checkpoint: {label}\n")
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

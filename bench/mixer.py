@@ -1,0 +1,244 @@
+"""The mixer: callback time against voices, a soak through JACK, CPU use of both synths.
+
+    python -m bench.mixer [--voices 1 8 32 64 128 256] [--soak-s 60] [--cpu-s 10]
+
+- sweep: `Mixer.callback` called directly, block after block (`sing_synth.engine.bench`), every
+  voice sounding; p50/p99 wall time as a share of the 256-frame period at 48 kHz ('mixed': a
+  quarter of the voices bent, a quarter releasing; 'rate 1': plain copies).
+- soak: sing-synth (``--audio-api jack``) on a jackd dummy server, 128 voices held (re-struck
+  every 3 s: SING notes last 4 s) for ``--soak-s`` seconds while its renderer prewarms in the
+  background (a program change every 4 s on another channel queues a preset's notes); xruns
+  from its status line (JACK's xrun callback) and from the server's log.
+- CPU: sing-synth and FluidSynth on the same server, ``--polyphony`` notes held (organ, program
+  16: FluidR3's organ loops, so its voices last), utime + stime of the process from
+  /proc/<pid>/stat over the held interval, as a share of one core.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from sing_synth.engine.bench import bench_mixer
+
+from . import common
+from . import jack_rig as R
+
+RATE = 48000
+ORGAN = 16
+
+
+# ------------------------------------------------------------------------------------ sweep
+def sweep(voices=(1, 8, 16, 32, 64, 128, 256), modes=("rate1", "mixed"), frames=256, blocks=2000,
+          log=common.log) -> list:
+    rows = []
+    for mode in modes:
+        for n in voices:
+            r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks)
+            r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
+            r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
+            rows.append(r)
+            log(f"  mixer {mode} {n} voices: p99 {r['p99_pct']:.1f}% of the period")
+    return rows
+
+
+def sweep_markdown(rows) -> str:
+    header = ("voices", "mode", "period", "p50 us", "p99 us", "max us", "p50 % of period",
+              "p99 % of period", "CPU p99 us")
+    body = [(r["voices"], "rate 1" if r["mode"] == "rate1" else r["mode"], r["frames"],
+             common.fmt(r["wall_p50_us"]), common.fmt(r["wall_p99_us"]), common.fmt(r["wall_max_us"]),
+             common.fmt(r["p50_pct"]), common.fmt(r["p99_pct"]), common.fmt(r["cpu_p99_us"]))
+            for r in rows]
+    return common.table(header, body, ["r", "l"] + ["r"] * 7)
+
+
+# ------------------------------------------------------------------------------------ held notes
+def chord(n: int) -> list:
+    """(channel, pitch) of ``n`` notes: pitches 30..93 on channels 0, 1, 2, 3 (not 9: drums)."""
+    return [(ch, 30 + i % 64) for i, ch in zip(range(n), [c for c in (0, 1, 2, 3) for _ in range(64)])]
+
+
+def strike(sender, notes, velocity=100) -> None:
+    sender.send(*[sender.note_off(p, ch) for ch, p in notes])
+    sender.send(*[sender.note_on(p, velocity, ch) for ch, p in notes])
+
+
+def program_all(sender, program, channels=(0, 1, 2, 3)) -> None:
+    sender.send(*[sender.program(program, ch) for ch in channels])
+
+
+def sound_all(synth, sender, notes, timeout=300.0) -> bool:
+    """Strikes ``notes`` until the status line shows them all sounding (the first strike renders
+    them; SING notes last 4 s, so they are struck again every 3 s meanwhile)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        strike(sender, notes)
+        for _ in range(12):
+            time.sleep(0.25)
+            if (last_value(synth, "voices") or 0) >= len(notes):
+                return True
+    return False
+
+
+def last_value(synth, key):
+    values = synth.status_values(key)
+    return values[-1] if values else None
+
+
+# ------------------------------------------------------------------------------------ soak
+def soak(checkpoint, seconds=60.0, voices=128, period=256, log=common.log) -> dict:
+    """128 voices held through JACK for ``seconds`` while the renderer prewarms."""
+    from sing_synth.presets import load_presets
+    programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
+    notes = chord(voices)
+    with common.jack_server(period) as server:
+        # no capture client here: the synth's outputs go to the (dummy) playback ports, and the
+        # only other client is the MIDI sender
+        sender = R.MidiSender()
+        try:
+            args = common.sing_command(checkpoint, period, "bench-soak", "--preset", "organ",
+                                       "--polyphony", max(128, voices))
+            with R.Synth(args, sender, None) as synth:
+                log(f"  soak: {seconds:.0f} s with {voices} voices")
+                if not sound_all(synth, sender, notes):
+                    raise common.BenchError(f"soak: {voices} voices never sounded together: "
+                                            f"{synth.status_lines()[-1:]}")
+                xruns0 = last_value(synth, "xruns") or 0
+                log_size = server.log_path.stat().st_size
+                t0 = time.monotonic()
+                voices_seen, k, next_strike, next_program = [], 0, t0 + 3.0, t0
+                while time.monotonic() - t0 < seconds:
+                    now = time.monotonic()
+                    if now >= next_program:        # keeps the renderer prewarming
+                        sender.send(sender.program(programs[k % len(programs)], 5))
+                        k, next_program = k + 1, now + 4.0
+                    if now >= next_strike:
+                        strike(sender, notes)
+                        next_strike = now + 3.0
+                    time.sleep(0.1)
+                    v = last_value(synth, "voices")
+                    if v is not None:
+                        voices_seen.append(v)
+                time.sleep(0.6)                   # the last status line
+                xruns = (last_value(synth, "xruns") or 0) - xruns0
+                lines = synth.status_lines()
+                sender.send(*[sender.note_off(p, ch) for ch, p in notes])
+        finally:
+            sender.close()
+        server_log = server.log_path.read_bytes()[log_size:].decode(errors="replace")
+    late = late_clients(server_log)
+    result = {"seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
+              "synth_late": late.get("bench-soak", 0),
+              "others_late": sum(n for name, n in late.items() if name != "bench-soak"),
+              "voices_min": min(voices_seen[5:] or voices_seen or [0]),
+              "voices_max": max(voices_seen or [0]), "presets_queued": k,
+              "last_status": lines[-1] if lines else ""}
+    log(f"  soak: {xruns} xruns, voices {result['voices_min']}..{result['voices_max']}")
+    return result
+
+
+def late_clients(log_text) -> dict:
+    """{client: cycles it did not finish in time} from jackd's log ("JackEngine::XRun: client =
+    NAME was not finished"): which client caused each xrun (JACK's xrun callback, which the
+    synth counts, fires for every client's)."""
+    late = {}
+    for line in log_text.splitlines():
+        if "XRun: client = " in line:
+            name = line.split("client = ", 1)[1].split(" was not", 1)[0].strip()
+            late[name] = late.get(name, 0) + 1
+    return late
+
+
+# ------------------------------------------------------------------------------------ CPU use
+def held_cpu(synth, sender, notes, seconds, restrike=None) -> float:
+    """Share of one core the synth's process used while ``notes`` were held for ``seconds``."""
+    strike(sender, notes)
+    time.sleep(0.5)
+    c0, t0 = common.cpu_seconds(synth.proc.pid), time.monotonic()
+    next_strike = t0 + (restrike or seconds + 1)
+    while time.monotonic() - t0 < seconds:
+        time.sleep(0.05)
+        if restrike and time.monotonic() >= next_strike:
+            strike(sender, notes)
+            next_strike += restrike
+    c1, t1 = common.cpu_seconds(synth.proc.pid), time.monotonic()
+    sender.send(*[sender.note_off(p, ch) for ch, p in notes])
+    return (c1 - c0) / (t1 - t0)
+
+
+def cpu_use(checkpoint, voices=128, seconds=10.0, period=256, log=common.log) -> list:
+    notes = chord(voices)
+    rows = []
+    with common.jack_server(period):
+        sender, cap = R.MidiSender(), R.Capture(seconds=10)
+        try:
+            args = common.sing_command(checkpoint, period, "bench-cpu", "--preset", "organ",
+                                       "--polyphony", max(128, voices), "--no-prewarm")
+            with R.Synth(args, sender, cap) as synth:
+                if not sound_all(synth, sender, notes):   # renders them; the renderer then idles
+                    raise common.BenchError(f"CPU: {voices} voices never sounded together")
+                sender.send(*[sender.note_off(p, ch) for ch, p in notes])
+                time.sleep(1.0)
+                idle = held_cpu(synth, sender, [], 3.0)
+                busy = held_cpu(synth, sender, notes, seconds, restrike=3.0)
+                seen = max(synth.status_values("voices")[-10:] or [0])
+            rows.append({"synth": "sing-synth", "voices": voices, "seen": seen,
+                         "idle_pct": 100 * idle, "busy_pct": 100 * busy})
+            with R.Synth([], sender, cap, command=common.fluidsynth_command("bench-fluid-cpu"),
+                         ready_line=False, stdin=subprocess.PIPE) as synth:
+                time.sleep(1.0)
+                program_all(sender, ORGAN)
+                idle = held_cpu(synth, sender, [], 3.0)
+                busy = held_cpu(synth, sender, notes, seconds)
+            rows.append({"synth": "FluidSynth", "voices": voices, "seen": None,
+                         "idle_pct": 100 * idle, "busy_pct": 100 * busy})
+        finally:
+            sender.close()
+            cap.close()
+    for r in rows:
+        log(f"  CPU {r['synth']}: {r['busy_pct']:.1f}% of a core with {voices} notes held")
+    return rows
+
+
+def cpu_markdown(rows, period=256) -> str:
+    header = ("synth", "notes held", "CPU, idle (% of a core)", "CPU, notes held (% of a core)",
+              "voices reported")
+    body = [(r["synth"], r["voices"], common.fmt(r["idle_pct"]), common.fmt(r["busy_pct"]),
+             r["seen"] if r["seen"] is not None else "-") for r in rows]
+    return common.table(header, body, ["l"] + ["r"] * 4)
+
+
+def soak_markdown(r) -> str:
+    header = ("seconds", "voices held", "voices seen", "period", "xruns (JACK's count)",
+              "cycles sing-synth was late (jackd log)", "cycles the MIDI sender was late",
+              "presets queued for prewarm meanwhile")
+    body = [(common.fmt(r["seconds"]), r["voices"], f"{r['voices_min']}..{r['voices_max']}",
+             r["period"], r["xruns"], r["synth_late"], r["others_late"], r["presets_queued"])]
+    return common.table(header, body, ["r"] * 8)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.mixer", description=__doc__.splitlines()[0])
+    p.add_argument("--voices", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128, 256])
+    p.add_argument("--blocks", type=int, default=2000)
+    p.add_argument("--soak-s", type=float, default=60.0)
+    p.add_argument("--cpu-s", type=float, default=10.0)
+    p.add_argument("--checkpoint", default=None)
+    args = p.parse_args(argv)
+    if min(args.voices) < 1 or args.blocks < 10 or args.soak_s <= 0 or args.cpu_s <= 0:
+        p.error("--voices >= 1, --blocks >= 10, --soak-s and --cpu-s > 0")
+    try:
+        ckpt, label = common.bench_checkpoint(args.checkpoint)
+        rows = sweep(args.voices, blocks=args.blocks)
+        s = common.isolated(soak, ckpt, args.soak_s)
+        cpu = common.isolated(cpu_use, ckpt, seconds=args.cpu_s)
+    except common.BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

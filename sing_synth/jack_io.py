@@ -1,0 +1,152 @@
+"""``--audio-api jack``: one JACK client for MIDI in and audio out, the MIDI handled in the audio
+callback.
+
+With PortAudio (sounddevice) for the audio and rtmidi for the MIDI, a note-on reaches the mixer
+through rtmidi's thread, after the audio callback of that JACK cycle has run: it sounds one
+period later at best (5.3 ms at 256 frames / 48 kHz).  FluidSynth (``-a jack -m jack``) reads its
+MIDI port at the start of its own process callback and sounds in the same cycle.  So does this:
+the process callback reads the cycle's MIDI events, hands them to the controller (which posts
+mixer events), then runs `Mixer.callback` for the cycle, so a cached note sounds from the first
+frame of the period its note-on arrived in.
+
+Real-time care: the controller's work per message is small (a cache lookup under the renderer's
+lock, which no thread holds for long; a deque append), at most ``max_events`` messages are handled
+per cycle (the rest wait for the next one: a MIDI flood cannot make the callback overrun), and the
+controller does not drop note references here (``Controller.collect_on_handle`` off): the main
+loop calls `Mixer.collect` instead, so no note array is freed on the audio thread.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from .errors import UserError
+from .midi import find_port
+
+MAX_EVENTS = 64          # MIDI messages handled per cycle; more wait for the next cycle
+
+
+def _import_jack():
+    try:
+        import jack
+    except (ImportError, OSError) as exc:
+        raise UserError(f"--audio-api jack needs the JACK-Client package and libjack "
+                        f"({' '.join(str(exc).split())})") from None
+    return jack
+
+
+class JackIO:
+    """The instrument as a JACK client: ``midi_in``, ``out_1`` and ``out_2``.
+
+    Args:
+        name: the JACK client name.
+        port: connect this JACK MIDI output (name or unique substring) to ``midi_in``; it is
+            reconnected by `check` when it comes back after disappearing.
+        connect_outputs: connect the outputs to the physical playback ports.
+
+    The client opens at once (``rate`` and ``blocksize`` are the server's); `start` gives it
+    the MIDI handler and the mixer and activates it.
+    """
+
+    def __init__(self, name="SING Synth", port=None, connect_outputs=True, max_events=MAX_EVENTS):
+        jack = _import_jack()
+        try:
+            self.client = jack.Client(name, no_start_server=True)
+        except jack.JackError as exc:
+            raise UserError(f"cannot open a JACK client (is a JACK server running?): "
+                            f"{' '.join(str(exc).split())}") from None
+        self.handle = self.mixer = None
+        self.port_query = port
+        self.max_events = int(max_events)
+        self.rate = int(self.client.samplerate)
+        self.blocksize = int(self.client.blocksize)
+        self.pending: deque = deque()      # MIDI messages read but not handled yet (a flood)
+        self.dropped = 0
+        self.shutdown = None
+        self.midi_in = self.client.midi_inports.register("midi_in")
+        self.outs = [self.client.outports.register(f"out_{i + 1}") for i in range(2)]
+        self._buffer(self.blocksize)
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.set_blocksize_callback(self._buffer)
+        self.client.set_shutdown_callback(self._shutdown)
+        self.connect_outputs = connect_outputs
+        self.source = None
+
+    @property
+    def port_name(self) -> str:
+        return self.midi_in.name
+
+    def _buffer(self, blocksize) -> None:
+        # not real-time: JACK calls it before the first cycle of a new period size
+        self.out = np.zeros((max(int(blocksize), 1), 2), np.float32)
+
+    def _xrun(self, delay_usecs) -> None:
+        if self.mixer is not None:
+            self.mixer.xruns += 1
+
+    def _shutdown(self, status, reason) -> None:
+        self.shutdown = reason or "JACK server shut down"
+
+    def _process(self, frames) -> None:
+        pending = self.pending
+        for _, data in self.midi_in.incoming_midi_events():
+            if len(pending) < 65536:
+                pending.append(bytes(data))
+            else:
+                self.dropped += 1
+        handle = self.handle
+        for _ in range(min(len(pending), self.max_events)):
+            try:
+                handle(pending.popleft())
+            except Exception:          # (the controller counts its own errors) never stop JACK
+                self.dropped += 1
+        out = self.out[:frames]
+        self.mixer.callback(out, frames, None, None)
+        self.outs[0].get_array()[:] = out[:, 0]
+        self.outs[1].get_array()[:] = out[:, 1]
+
+    def start(self, handle, mixer) -> "JackIO":
+        """``handle``: ``f(message bytes)``, called in the process callback for each MIDI message
+        (`play.Instrument.handle`); ``mixer``: the `engine.Mixer` (its `callback` fills the
+        outputs; xruns are counted in it)."""
+        self.handle, self.mixer = handle, mixer
+        self.client.activate()
+        if self.connect_outputs:
+            playback = self.client.get_ports(is_physical=True, is_input=True, is_audio=True)
+            for out, dest in zip(self.outs, playback):
+                self.client.connect(out, dest)
+        if self.port_query is not None:
+            if not self.check():
+                names = ", ".join(repr(p) for p in self._sources()) or "none"
+                raise UserError(f"JACK MIDI port {self.port_query!r} not found; MIDI outputs: {names}")
+        return self
+
+    def _sources(self) -> list:
+        ports = self.client.get_ports(is_midi=True, is_output=True)
+        own = self.client.name + ":"
+        return [p.name for p in ports if not p.name.startswith(own)]
+
+    def check(self) -> bool:
+        """(Re)connects ``port`` to ``midi_in`` if it exists and is not connected; True when it
+        is connected.  Called now and then from the main loop."""
+        if self.port_query is None:
+            return True
+        sources = self._sources()
+        index = find_port(sources, self.port_query)
+        if index is None:
+            self.source = None
+            return False
+        name = sources[index]
+        if not any(p.name == name for p in self.client.get_all_connections(self.midi_in)):
+            self.client.connect(name, self.midi_in)
+        self.source = name
+        return True
+
+    def close(self) -> None:
+        try:
+            self.client.deactivate()
+            self.client.close()
+        except Exception:
+            pass
