@@ -80,28 +80,26 @@ class FastRenderer(nn.Module):
         x = F.relu(F.linear(x, self.w2, self.b2))
         return (x @ self.w_frame).float()
 
-    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames `[B, L, frame]` -> waveform `[B, length]` (the transposed conv's overlap-add)."""
+    def _fold(self, frames: torch.Tensor) -> tuple:
+        """Overlap-add of frames `[B, K, frame]` -> (untrimmed wave `[B, 1, 1, full]`, first kept
+        sample): the transposed conv's padding (frame - stride) plus the decoder's trim (frame / 2)."""
         config = self.config
-        n_frames = frames.shape[1]
-        full = (n_frames - 1) * config.stride + config.frame
+        full = (frames.shape[1] - 1) * config.stride + config.frame
         wave = F.fold(frames.transpose(1, 2), output_size=(1, full),
                       kernel_size=(1, config.frame), stride=(1, config.stride))
-        # the transposed conv's padding (frame - stride) plus the decoder's trim (frame / 2)
-        start = config.frame - config.stride + config.frame // 2
-        return wave[:, 0, 0, start:start + config.length] + self.b_out
+        return wave, config.frame - config.stride + config.frame // 2
+
+    def overlap_add(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames `[B, L, frame]` -> waveform `[B, length]` (the transposed conv's overlap-add)."""
+        wave, start = self._fold(frames)
+        return wave[:, 0, 0, start:start + self.config.length] + self.b_out
 
     def head_wave(self, frames: torch.Tensor) -> torch.Tensor:
         """The samples the first frames `[B, K, frame]` settle on their own: every sample before
         frame K's start, `[B, K * stride - trim]` -- the first samples of `overlap_add` of all
         frames, bit for bit."""
-        config = self.config
-        n_frames = frames.shape[1]
-        full = (n_frames - 1) * config.stride + config.frame
-        wave = F.fold(frames.transpose(1, 2), output_size=(1, full),
-                      kernel_size=(1, config.frame), stride=(1, config.stride))
-        start = config.frame - config.stride + config.frame // 2
-        end = min(n_frames * config.stride, start + config.length)
+        wave, start = self._fold(frames)
+        end = min(frames.shape[1] * self.config.stride, start + self.config.length)
         return wave[:, 0, 0, start:end] + self.b_out
 
     @torch.no_grad()

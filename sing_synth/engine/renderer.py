@@ -95,7 +95,35 @@ def prewarm_order(pitch_range) -> list:
     return sorted(range(lo, hi + 1), key=lambda p: (abs(p - 60), p))
 
 
-class NoteRenderer:
+class WorkerQueue:
+    """What the note renderers (`NoteRenderer`, `tone.ToneRenderer`) share around their worker:
+    waiting for it to go idle and calling the ready callbacks.  Needs ``_cond``, ``_queued``,
+    ``_in_flight``, ``_counts`` and ``_last_error``."""
+
+    def wait_idle(self, timeout=None) -> bool:
+        """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._queued or self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    def _call(self, callbacks, ready) -> None:
+        """Calls every callback with each (key, note); their errors are counted, never raised."""
+        for key, note in ready:
+            for callback in callbacks:
+                try:
+                    callback(key, note)
+                except Exception as exc:
+                    with self._cond:
+                        self._counts["errors"] += 1
+                        self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
+
+
+class NoteRenderer(WorkerQueue):
     """SING resident on one device; renders notes in one background thread into an LRU cache.
 
     Args:
@@ -306,17 +334,6 @@ class NoteRenderer:
                 self._cond.notify()
         return queued
 
-    def wait_idle(self, timeout=None) -> bool:
-        """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queued or self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
     @property
     def urgent_delays_ms(self) -> list:
         """Delays request -> ready of the recent urgent requests, in ms."""
@@ -516,16 +533,6 @@ class NoteRenderer:
         n_out = min(len(self._fade_out), written)
         if n_out:
             note[written - n_out:written] *= self._fade_out[len(self._fade_out) - n_out:]
-
-    def _call(self, callbacks, ready) -> None:
-        for key, note in ready:
-            for callback in callbacks:
-                try:
-                    callback(key, note)
-                except Exception as exc:
-                    with self._cond:
-                        self._counts["errors"] += 1
-                        self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
 
     def _urgent_waiting(self) -> bool:
         with self._cond:

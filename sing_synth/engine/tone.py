@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..config import SingConfig
-from .renderer import URGENT, PREWARM, instrument_key
+from .renderer import PREWARM, URGENT, WorkerQueue, instrument_key
 
 NOTE_SECONDS = 4.0
 
@@ -67,7 +67,7 @@ def tone(pitch: int, layer_velocity: int, program: int, rate: int,
     return note
 
 
-class ToneRenderer:
+class ToneRenderer(WorkerQueue):
     """`NoteRenderer`'s interface over `tone`: one worker thread, urgent requests first, an
     LRU cache bounded by ``cache_mb``.
 
@@ -180,16 +180,6 @@ class ToneRenderer:
                 self._cond.notify()
         return queued
 
-    def wait_idle(self, timeout=None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while self._queued or self._in_flight:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self._cond.wait(left)
-            return True
-
     def status(self) -> dict:
         with self._cond:
             return {
@@ -257,13 +247,7 @@ class ToneRenderer:
                     self._last_error = f"render: {type(exc).__name__}: {exc}"
                     self._requested_at.pop(key, None)
             if note is not None:
-                for callback in callbacks:
-                    try:
-                        callback(key, note)
-                    except Exception as exc:
-                        with self._cond:
-                            self._counts["errors"] += 1
-                            self._last_error = f"on_ready: {type(exc).__name__}: {exc}"
+                self._call(callbacks, [(key, note)])
             with self._cond:
                 self._in_flight.discard(key)
                 self._cond.notify_all()
