@@ -49,6 +49,9 @@ def add_train(sub):
     p.add_argument("--batch-size", type=int_tuple(3), default=(64, 64, 64), help="per phase, as --epochs")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--loss", default="l1", choices=["l1", "mse", "waveform"])
+    p.add_argument("--crop", type=int, default=0, metavar="FRAMES",
+                   help="train the decoder on a random stretch of FRAMES frames of each batch (64: ~3x "
+                        "faster steps, the same loss in expectation); 0: whole notes")
     p.add_argument("--resolutions", type=lambda t: tuple(int(v) for v in t.split(",")), default=(1024,),
                    help="STFT sizes of the spectral loss, e.g. 1024,4096 (default: the paper's 1024)")
     p.add_argument("--loss-eps", type=float, default=1.0,
@@ -76,7 +79,7 @@ def run_train(args) -> int:
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
         lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, bptt=args.bptt, amp=not args.no_amp,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,

@@ -69,6 +69,39 @@ class ConvDecoder(nn.Module):
         trim = self.config.frame // 2
         return wave[:, trim:trim + self.config.length]
 
+    def _crop_offset(self) -> tuple:
+        c = self.config
+        # decoded frame j covers samples [j * stride, j * stride + frame) of the untrimmed output,
+        # whose sample `offset` is the note's sample 0; a sample is whole once `overlap` more
+        # frames have started
+        return c.frame - c.stride + c.frame // 2, c.frame // c.stride - 1
+
+    def crop_bounds(self, start: int, frames: int) -> tuple:
+        """The note samples `[first, end)` that `forward_crop` makes from embeddings
+        `[start, start + frames + kernel - 1)`."""
+        offset, overlap = self._crop_offset()
+        stride = self.config.stride
+        return (start + overlap) * stride - offset, (start + frames) * stride - offset
+
+    def crop_starts(self, frames: int) -> range:
+        """The embedding indices a crop of `frames` decoded frames may start at (inside the note)."""
+        offset, overlap = self._crop_offset()
+        stride = self.config.stride
+        return range(-(-offset // stride) - overlap, (self.config.length + offset) // stride - frames + 1)
+
+    def forward_crop(self, embeddings):
+        """Only the samples that every overlapping frame of this slice of embeddings reaches, exactly
+        as `forward` makes them: training on random crops costs a fraction of a whole note.
+
+        Shape: `[B, embedding_dim, frames + kernel - 1]` -> `[B, (frames - frame / stride + 1) * stride]`
+        """
+        c = self.config
+        hidden = self.layers[:-1](embeddings)
+        last = self.layers[-1]
+        weight = last.conv_tr.weight * last.window
+        wave = F.conv_transpose1d(hidden, weight, last.conv_tr.bias, c.stride).squeeze(1)
+        return wave[:, c.frame - c.stride:hidden.shape[-1] * c.stride]
+
 
 class ConvEncoder(nn.Module):
     """Waveform -> frame embeddings (autoencoder phase only): windowed conv(frame, stride) + ReLU,
@@ -91,3 +124,12 @@ class ConvEncoder(nn.Module):
     def forward(self, wave):
         pad = self.config.encoder_padding
         return self.layers(F.pad(wave.unsqueeze(1), (pad, pad)))
+
+    def forward_frames(self, wave, start: int, count: int):
+        """Embeddings `[start, start + count)` only, from the samples they see.
+
+        Shape: `[B, length]` -> `[B, embedding_dim, count]`
+        """
+        c = self.config
+        padded = F.pad(wave.unsqueeze(1), (c.encoder_padding, c.encoder_padding))
+        return self.layers(padded[..., start * c.stride:(start + count - 1) * c.stride + c.frame])

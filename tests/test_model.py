@@ -91,3 +91,28 @@ def test_config_round_trip_and_unknown_fields():
         SingConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="unknown model size"):
         named_config("huge")
+
+
+@pytest.mark.parametrize("frames", [4, 19, 64])
+def test_crops_equal_the_whole_note(frames):
+    """A crop of the decoder and of the encoder is bit-for-bit the stretch of the whole note it covers,
+    at the first, a middle and the last allowed start; the starts reach both ends of the note."""
+    torch.manual_seed(0)
+    config = named_config("small", channels=64, n_instruments=3)
+    model, encoder = SING(config).eval(), ConvEncoder(config)
+    decoder = model.decoder
+    embeddings = torch.randn(2, config.embedding_dim, config.steps)
+    whole = decoder(embeddings)
+    starts = decoder.crop_starts(frames)
+    assert decoder.crop_bounds(starts[0], frames)[0] == 0
+    assert decoder.crop_bounds(starts[-1], frames)[1] == config.length
+    span = frames + config.kernel - 1
+    for start in (starts[0], (starts[0] + starts[-1]) // 2, starts[-1]):
+        first, end = decoder.crop_bounds(start, frames)
+        assert end - first == (frames - 3) * config.stride
+        crop = decoder.forward_crop(embeddings[..., start:start + span])
+        torch.testing.assert_close(crop, whole[:, first:end], rtol=1e-5, atol=1e-6)
+    wave = torch.randn(2, config.length)
+    codes = encoder(wave)
+    for start in (0, 100, config.steps - 20):
+        torch.testing.assert_close(encoder.forward_frames(wave, start, 20), codes[..., start:start + 20])
