@@ -212,6 +212,20 @@ class Instrument:
         self.channel = None if args.channel is None else args.channel - 1
         self.output_latency = 0.0
 
+    def warm_up(self, timeout: float = 10.0) -> None:
+        """Before the audio starts: renders the default preset's middle note through the path a key
+        pressed now takes (kernels for batch 1 built, the resampler made, the cache and the ready
+        callbacks run) and builds the status line once.  Whatever Python imports or builds the
+        first time is done now: measured before this, the first note after start-up came with a
+        ~110 ms stall of the audio callback (the main thread importing numpy.ma for a median while
+        holding the GIL, and torch's first calls), heard as a gap in that note."""
+        preset = self.controller.default_preset
+        lo, hi = preset.pitch_range
+        pitch = min(max(60, lo), hi)
+        self.renderer.request(self.renderer.make_key(preset, pitch, 100), urgent=True)
+        self.renderer.wait_idle(timeout)
+        self.status_line()
+
     def handle(self, message: bytes) -> None:
         """The MIDI thread's entry: channel filter (``--channel``), then the controller."""
         if self.channel is not None and message and 0x80 <= message[0] < 0xF0 \
@@ -231,6 +245,7 @@ class Instrument:
                 f"midi={c['messages']} malformed={c['malformed']}")
 
     def close(self) -> None:
+        self.controller.close()
         self.renderer.close()
 
 
@@ -518,6 +533,7 @@ def run_live(args, presets, preset, checkpoint) -> int:
     switch = sys.getswitchinterval()
     try:
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        inst.warm_up()
         if not args.no_prewarm:
             inst.controller.prewarm()
         channels = min(2, int(info["max_output_channels"]))
@@ -577,6 +593,7 @@ def run_live_jack(args, presets, preset, checkpoint) -> int:
         inst.controller.collect_on_handle = False       # handle() runs on the audio thread
         inst.output_latency = io.blocksize / io.rate
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        inst.warm_up()
         if not args.no_prewarm:
             inst.controller.prewarm()
         io.start(inst.handle, inst.mixer)

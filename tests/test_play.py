@@ -290,3 +290,51 @@ def test_no_output_device_error_or_demo_fallback(fake_live, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rendering the demo" in err
     assert soundfile.info(str(out)).duration > 8
+
+
+WARM_SCRIPT = r"""
+import sys, numpy as np
+from sing_synth import play
+from sing_synth.presets import find_preset, load_presets
+ckpt, presets_dir = sys.argv[1], sys.argv[2]
+args = play.build_parser().parse_args(["--checkpoint", ckpt, "--presets-dir", presets_dir,
+                                       "--preset", "keys", "--render-device", "cpu"])
+presets = load_presets(presets_dir)
+inst = play.Instrument(args, 48000, presets, find_preset(presets, "keys"), ckpt)
+inst.warm_up()
+out = np.zeros((256, 2), np.float32)
+inst.mixer.callback(out, 256, None, None)
+before = set(sys.modules)
+for message in ([0x90, 64, 90], [0xC1, 88], [0x91, 67, 30], [0xE0, 0, 80], [0xB0, 64, 127]):
+    inst.handle(bytes(message))
+    inst.renderer.wait_idle(30)
+    for _ in range(4):
+        inst.mixer.callback(out, 256, None, None)
+    inst.mixer.collect()
+    inst.status_line()
+inst.handle(bytes([0x80, 64, 0]))
+inst.mixer.callback(out, 256, None, None)
+assert np.abs(out).max() > 0, "no sound"
+print(sorted(set(sys.modules) - before))
+inst.close()
+"""
+
+
+def test_nothing_is_imported_after_warm_up(tmp_path):
+    """Once `Instrument.warm_up` has run, notes (not cached: rendered head first), a program change,
+    bend, pedal, the mixer and the status line import no module: a first-time import holds the
+    GIL long enough to stall the audio callback (numpy.ma's took ~110 ms)."""
+    import subprocess
+    import sys
+    torch.manual_seed(0)
+    config = SingConfig(n_instruments=2, lstm_hidden=16, lstm_layers=1, channels=32)
+    ckpt = tmp_path / "tiny.pt"
+    save_checkpoint(ckpt, SING(config), {0: "tiny_keys", 1: "tiny_pad"})
+    presets = tmp_path / "presets"
+    presets.mkdir()
+    write_preset(presets, "keys", 0, "tiny_keys", gain=4)
+    write_preset(presets, "pad", 88, "tiny_pad", gain=4)
+    run = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(ckpt), str(presets)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout

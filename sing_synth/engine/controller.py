@@ -20,6 +20,7 @@ Unpitched presets (``pitched: false``) ignore pitch bend.
 from __future__ import annotations
 
 import itertools
+import queue
 import threading
 from collections.abc import Mapping
 
@@ -34,6 +35,14 @@ except ImportError:     # pragma: no cover - mido is a dependency
     mido = None
 
 RPN_NULL = (127, 127)
+
+
+class _Marker:
+    """A place in the prewarm queue: its event is set once everything before it is queued."""
+
+    def __init__(self, event):
+        self.event = event
+
 # system messages that carry nothing for the instrument: dropped without counting as unknown
 _SYSTEM = {"clock", "start", "stop", "continue", "active_sensing", "songpos", "song_select",
            "tune_request", "quarter_frame"}
@@ -117,6 +126,8 @@ class Controller:
         self.prewarm_programs = True     # program change prewarms the new preset (live); offline
                                          # rendering knows every note beforehand and turns it off
         self._lock = threading.RLock()
+        self._prewarm_queue = queue.SimpleQueue()      # presets to prewarm, off the MIDI thread
+        self._prewarm_thread = None
         self._tokens = itertools.count()
         self._pending: dict = {}        # render key -> [_Pending] in arrival order
         self._by_note: dict = {}        # (channel, pitch) -> [_Pending]
@@ -308,10 +319,44 @@ class Controller:
         ch.bend_range = float(preset.bend_range)
         self._post_bend(c)
         if changed and self.prewarm_programs:   # a new current preset: render its notes before they are played
+            self.prewarm_later(preset)
+
+    def prewarm_later(self, preset) -> None:
+        """Queues `prewarm` of ``preset`` for a helper thread and returns at once.  Program changes
+        arrive on the MIDI thread, which with JACK MIDI is a real-time process callback: queueing
+        a preset's ~200-400 keys there took a period or more, the MIDI client missed its deadline
+        and JACK dropped the events of that cycle (a note-on right after a program change was lost)."""
+        with self._lock:
+            if self._prewarm_thread is None:
+                self._prewarm_thread = threading.Thread(target=self._prewarm_worker, daemon=True,
+                                                        name="sing-prewarm-queue")
+                self._prewarm_thread.start()
+        self._prewarm_queue.put(preset)
+
+    def _prewarm_worker(self) -> None:
+        while True:
+            preset = self._prewarm_queue.get()
+            if preset is None:
+                return
+            if isinstance(preset, _Marker):
+                preset.event.set()
+                continue
             try:
                 self.prewarm(preset)
             except Exception as exc:
                 self.last_error = f"prewarm {preset.name}: {exc}"
+
+    def wait_prewarm_queued(self, timeout=10.0) -> bool:
+        """Blocks until every program change's prewarm is queued in the renderer (tests)."""
+        done = threading.Event()
+        self._prewarm_queue.put(_Marker(done))
+        return self._prewarm_thread is None or done.wait(timeout)
+
+    def close(self) -> None:
+        """Stops the prewarm helper thread."""
+        if self._prewarm_thread is not None:
+            self._prewarm_queue.put(None)
+            self._prewarm_thread.join(5)
 
     # ------------------------------------------------------------------ helpers
     def velocity_gain(self, preset, velocity: int, layer_velocity: int) -> float:

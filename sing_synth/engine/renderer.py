@@ -26,6 +26,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import os
+import statistics
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -86,6 +88,44 @@ def default_threads() -> int:
     slower per note on this project's CI machine under load)."""
     cores = os.cpu_count() or 1
     return max(1, min(torch.get_num_threads(), cores - 1))
+
+
+RENDER_NICE = 10      # niceness of prewarm rendering above the process's (Linux: per thread)
+
+
+class ThreadNice:
+    """The calling thread's niceness (Linux, where it is per thread), changed with `set`: prewarm
+    batches render at ``base + RENDER_NICE``, so when the cores are busy the audio and MIDI
+    threads (and other programs' JACK clients) run first, while every idle cycle still goes to
+    prewarming; urgent batches (a key pressed now) go back to ``base``.  Going back needs the
+    right to raise priority (root, or RLIMIT_NICE as audio groups grant it); without it the
+    thread stays where it is.  A no-op where threads have no niceness of their own."""
+
+    def __init__(self):
+        self.tid = threading.get_native_id() if hasattr(threading, "get_native_id") else None
+        self.base = self.current = self._get()
+
+    def _get(self):
+        if self.tid is None or not hasattr(os, "getpriority") or not sys.platform.startswith("linux"):
+            return None
+        try:
+            return os.getpriority(os.PRIO_PROCESS, self.tid)
+        except OSError:
+            return None
+
+    def set(self, nice: int):
+        """Sets the niceness (clamped to -20..19); returns the previous one for a later `set`."""
+        previous = self.current
+        if self.current is None or nice is None:
+            return previous
+        nice = max(-20, min(19, int(nice)))
+        if nice != self.current:
+            try:
+                os.setpriority(os.PRIO_PROCESS, self.tid, nice)
+                self.current = nice
+            except OSError:
+                pass
+        return previous
 
 
 def prewarm_order(pitch_range) -> list:
@@ -203,6 +243,7 @@ class NoteRenderer(WorkerQueue):
         self._last_batch_s = None
         self._last_batch_n = 0
         self._closed = False
+        self._nice = None                  # the worker's ThreadNice, made on its thread
         ramp_in = np.linspace(0, 1, max(2, int(FADE_IN_S * self.stream_rate)), dtype=np.float32)
         ramp_out = np.linspace(0, 1, max(2, int(FADE_OUT_S * self.stream_rate)), dtype=np.float32)
         self._fade_in = np.sin(0.5 * np.pi * ramp_in) ** 2      # raised-cosine ramps
@@ -308,17 +349,20 @@ class NoteRenderer(WorkerQueue):
     def prewarm(self, keys) -> int:
         """Queues ``keys`` behind every urgent request, in the order given (callers order them
         middle octaves first: `prewarm_order`).  Bad keys are skipped (counted in status's
-        errors).  Returns the number of notes queued."""
-        queued = 0
+        errors).  Returns the number of notes queued.  The keys are checked first and queued under
+        one hold of the lock, so a key pressed meanwhile waits for ~0.2 ms, not for the whole list."""
+        good, errors = [], []
         for key in keys:
             try:
-                self.check_key(key)
+                good.append(self.check_key(key))
             except ValueError as exc:
-                with self._cond:
-                    self._counts["errors"] += 1
-                    self._last_error = f"prewarm: {exc}"
-                continue
-            with self._cond:
+                errors.append(f"prewarm: {exc}")
+        queued = 0
+        with self._cond:
+            if errors:
+                self._counts["errors"] += len(errors)
+                self._last_error = errors[-1]
+            for key in good:
                 if self._closed or key in self._prewarm_pending:
                     continue
                 self._prewarm_total += 1
@@ -331,6 +375,7 @@ class NoteRenderer(WorkerQueue):
                 self._queued[key] = PREWARM
                 heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
                 queued += 1
+            if queued:
                 self._cond.notify()
         return queued
 
@@ -358,7 +403,8 @@ class NoteRenderer(WorkerQueue):
                 "prewarm_done": self._prewarm_done,
                 "prewarm_total": self._prewarm_total,
                 "last_urgent_ms": delays[-1] if delays else None,
-                "urgent_p50_ms": float(np.median(delays)) if delays else None,
+                # not np.median: its first call imports numpy.ma (~100 ms holding the GIL)
+                "urgent_p50_ms": statistics.median(delays) if delays else None,
                 "render_ms_per_note": per_note,
                 "last_error": self._last_error,
                 "alive": self._thread.is_alive(),
@@ -420,6 +466,7 @@ class NoteRenderer(WorkerQueue):
     def _worker(self) -> None:
         if self.threads:
             torch.set_num_threads(self.threads)    # OpenMP's team size is per thread: ours only
+        self._nice = ThreadNice()
         while True:
             with self._cond:
                 while not self._closed and not self._queued:
@@ -436,6 +483,16 @@ class NoteRenderer(WorkerQueue):
         between two steps: a key pressed now waits for one step (a few ms), not a whole batch.
         Without it (an urgent batch), the notes' heads are rendered first and delivered at once
         (`_start_notes`); the rest of each note is written behind them (`_finish_note`)."""
+        nice = self._nice
+        if nice is None or nice.base is None:
+            return self._run_steps(batch, preempt)
+        previous = nice.set(nice.base + RENDER_NICE if preempt else nice.base)
+        try:
+            self._run_steps(batch, preempt)
+        finally:
+            nice.set(previous)
+
+    def _run_steps(self, batch, preempt: bool) -> None:
         notes = error = None
         filling = None
         spent = 0.0

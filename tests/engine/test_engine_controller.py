@@ -1,5 +1,6 @@
 """The control half: MIDI messages through `Controller.handle` into a real `Mixer`, with a fake
 renderer of sine notes (instant, or delivered when the test says)."""
+import threading
 from types import SimpleNamespace
 
 import mido
@@ -152,12 +153,21 @@ def test_program_change_prewarms_the_new_preset_once():
     presets = {"low": make_preset(name="low", program=32, pitch_range=(28, 60), instrument="bass"),
                "high": make_preset(name="high", program=73, pitch_range=(60, 96), instrument="flute")}
     controller, _, renderer = setup(presets=presets, default=presets["low"])
+    # the MIDI thread (a real-time JACK callback) never does the prewarm's work itself
+    gate, prewarm = threading.Event(), renderer.prewarm
+    renderer.prewarm = lambda keys: gate.wait(10) and prewarm(keys)
     controller.handle(msg("program_change", program=73))
+    controller.handle(msg("note_on", note=72, velocity=100))            # not held up by it
+    assert renderer.prewarmed == [] and renderer.requests[-1][0][0] == (("flute", 1.0),)
+    gate.set()
+    assert controller.wait_prewarm_queued()
     flute = [k for k in renderer.prewarmed if k[0] == (("flute", 1.0),)]
     assert len(flute) == 5 * 37 and {k[1] for k in flute} == set(range(60, 97))
     assert flute[0][1] == 60                                          # middle octave first
     controller.handle(msg("program_change", program=73))               # the same preset again
+    assert controller.wait_prewarm_queued()
     assert len(renderer.prewarmed) == len(flute)
+    controller.close()
 
 
 def test_late_note_starts_when_ready_unless_released():

@@ -1,4 +1,5 @@
 """NoteRenderer on a tiny random-weights checkpoint (CPU, one torch thread)."""
+import sys
 import threading
 
 import numpy as np
@@ -243,3 +244,32 @@ def test_head_first_off_and_for_prewarm(tiny_checkpoint, one_thread):
         assert renderer.wait_idle(timeout=60)
         assert renderer.status()["rendered"] == 2
     assert len(recorder.keys) == 2                              # one callback per note
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_prewarm_renders_at_lower_priority_than_urgent_notes():
+    """ThreadNice changes only the calling thread: prewarm batches run at base + RENDER_NICE, so
+    the audio and MIDI threads win a busy core; going back to base needs the right to (root here)."""
+    import os
+    import threading
+    from sing_synth.engine.renderer import RENDER_NICE, ThreadNice
+    seen = {}
+
+    def worker():
+        nice = ThreadNice()
+        tid = threading.get_native_id()
+        previous = nice.set(nice.base + RENDER_NICE)
+        seen["low"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["main"] = os.getpriority(os.PRIO_PROCESS, main_tid)
+        nice.set(previous)
+        seen["back"] = os.getpriority(os.PRIO_PROCESS, tid)
+        seen["base"] = nice.base
+
+    main_tid = threading.get_native_id()
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen["low"] == min(19, seen["base"] + RENDER_NICE)
+    assert seen["main"] == os.getpriority(os.PRIO_PROCESS, main_tid) != seen["low"]
+    if os.geteuid() == 0:
+        assert seen["back"] == seen["base"]
