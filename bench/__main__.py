@@ -147,9 +147,9 @@ def run_mixer(s, checkpoint) -> dict:
         "",
         mixer.sweep_markdown(sweep),
         "",
-        f"Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
-        f"every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
-        f"which client was late in each xrun, from jackd's log:",
+        "Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
+        "every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
+        "which client was late in each xrun, from jackd's log:",
         "",
         mixer.soak_markdown(soak),
         "",

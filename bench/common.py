@@ -95,34 +95,38 @@ def need_tools(*names) -> None:
             raise BenchError(f"{name} not found (Debian: jackd2, fluidsynth)")
 
 
+def print_or_error(make_text) -> int:
+    """A bench script's exit: prints ``make_text()`` and returns 0, or one error line and 2."""
+    try:
+        text = make_text()
+    except BenchError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(text)
+    return 0
+
+
 @contextlib.contextmanager
 def jack_server(period: int, rate: int = 48000, log_dir=None):
     """A private jackd (dummy driver) named in JACK_DEFAULT_SERVER for this process and its
     children while the block runs."""
-    from .jack_rig import JackServer
+    from .jack_rig import JackServer, named_server
     need_tools("jackd")
     server = JackServer(rate=rate, period=period, log_dir=log_dir or tempfile.gettempdir(),
                         prefix="singbench")
-    saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
     try:
         server.start()
     except (OSError, RuntimeError) as exc:
         raise BenchError(f"jackd did not start: {' '.join(str(exc).split())[:300]}") from None
-    os.environ["JACK_DEFAULT_SERVER"] = server.name
-    os.environ["JACK_NO_START_SERVER"] = "1"
     # the capture and sender clients' JACK threads wait for the GIL while the main thread
     # analyses audio: make it hand the GIL over within 0.2 ms, not Python's 5 ms
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
-        yield server
+        with named_server(server):
+            yield server
     finally:
         sys.setswitchinterval(switch)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         server.stop()
 
 

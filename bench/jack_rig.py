@@ -12,6 +12,7 @@ the sample and independent of how busy the machine is.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -100,6 +101,23 @@ class JackServer:
         if getattr(self, "_log", None):
             self._log.close()
             self._log = None
+
+
+@contextlib.contextmanager
+def named_server(server):
+    """JACK_DEFAULT_SERVER names ``server`` (and JACK_NO_START_SERVER is set) for this process and
+    its children while the block runs; the variables are put back after it."""
+    names = ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(dict(zip(names, (server.name, "1"))))
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def jack_client(name):

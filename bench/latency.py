@@ -251,19 +251,15 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.notes < 1 or any(x < 16 for x in args.periods):
         p.error("--notes must be >= 1 and --periods >= 16")
-    try:
+
+    def text():
         if args.test_tone:
             ckpt, label = None, "none: sing-synth's test tone"
         else:
             ckpt, label = common.bench_checkpoint(args.checkpoint)
         results = run(args.periods, args.notes, ckpt, synths=args.synths)
-    except common.BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"checkpoint: {label}\n")
-    print(markdown(results))
-    return 0
-
+        return f"checkpoint: {label}\n\n{markdown(results)}"
+    return common.print_or_error(text)
 
 if __name__ == "__main__":
     sys.exit(main())

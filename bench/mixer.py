@@ -228,17 +228,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if min(args.voices) < 1 or args.blocks < 10 or args.soak_s <= 0 or args.cpu_s <= 0:
         p.error("--voices >= 1, --blocks >= 10, --soak-s and --cpu-s > 0")
-    try:
+
+    def text():
         ckpt, label = common.bench_checkpoint(args.checkpoint)
         rows = sweep(args.voices, blocks=args.blocks)
         s = common.isolated(soak, ckpt, args.soak_s)
         cpu = common.isolated(cpu_use, ckpt, seconds=args.cpu_s)
-    except common.BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}")
-    return 0
-
+        return f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}"
+    return common.print_or_error(text)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -235,16 +235,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.runs < 1 or min(args.cache_mb) <= 0:
         p.error("--runs >= 1 and --cache-mb > 0")
-    try:
+
+    def text():
         ckpt, label = common.bench_checkpoint(args.checkpoint)
         s = common.isolated(startup, ckpt, args.runs)
         m = common.isolated(memory, ckpt, args.cache_mb)
-    except common.BenchError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"checkpoint: {label}\n\n{startup_markdown(s)}\n\n{memory_markdown(m)}")
-    return 0
-
+        return f"checkpoint: {label}\n\n{startup_markdown(s)}\n\n{memory_markdown(m)}"
+    return common.print_or_error(text)
 
 if __name__ == "__main__":
     sys.exit(main())

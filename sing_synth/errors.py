@@ -1,4 +1,5 @@
 """Errors that reach the user as one line and exit status 2."""
+import importlib
 
 
 class UserError(Exception):
@@ -11,3 +12,12 @@ class DatasetError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be loaded safely or does not describe a SING model."""
+
+
+def import_or_error(module: str, message: str):
+    """Imports an optional module (one that also needs a system library), or raises UserError with
+    ``message``, whose ``{reason}`` becomes the import error on one line."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, OSError) as exc:
+        raise UserError(message.format(reason=" ".join(str(exc).split()))) from None

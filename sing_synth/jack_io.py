@@ -21,19 +21,14 @@ from collections import deque
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, import_or_error
 from .midi import find_port
 
 MAX_EVENTS = 64          # MIDI messages handled per cycle; more wait for the next cycle
 
 
 def _import_jack():
-    try:
-        import jack
-    except (ImportError, OSError) as exc:
-        raise UserError(f"--audio-api jack needs the JACK-Client package and libjack "
-                        f"({' '.join(str(exc).split())})") from None
-    return jack
+    return import_or_error("jack", "--audio-api jack needs the JACK-Client package and libjack ({reason})")
 
 
 class JackIO:

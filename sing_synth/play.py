@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import Parser
-from .errors import UserError
+from .errors import UserError, import_or_error
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = Path("models") / "sing-small-fluidr3.pt"
@@ -390,12 +390,8 @@ def run_offline(args, midi_path, out_path, presets, preset, checkpoint, rate, no
 
 # ------------------------------------------------------------------------------------ live
 def _import_sounddevice():
-    try:
-        import sounddevice
-    except (ImportError, OSError) as exc:
-        raise UserError(f"audio output unavailable: {' '.join(str(exc).split())} "
-                        f"(install PortAudio: libportaudio2 on Debian/Ubuntu)") from None
-    return sounddevice
+    return import_or_error("sounddevice", "audio output unavailable: {reason} "
+                                          "(install PortAudio: libportaudio2 on Debian/Ubuntu)")
 
 
 def _output_device(sd, requested):

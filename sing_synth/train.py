@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import atomic_save, checkpoint_from_payload, model_payload, load_checkpoint
-from .config import SingConfig, named_config
+from .config import named_config
 from .data import filter_notes, instrument_names, load_split, read_examples
 from .decoder import ConvEncoder
 from .device import resolve_device

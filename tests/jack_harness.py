@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:      # `bench` lives beside the package (and the s
 
 from bench.jack_rig import (PERIOD, RATE, READY_TIMEOUT, REPO, RUN_SYNTH, Capture,  # noqa: E402,F401
                             JackServer, MidiSender, Synth, SynthError, _TOKEN, jack_client,
-                            last_above, onset, run_synth_once, synth_available)
+                            last_above, named_server, onset, run_synth_once, synth_available)
 
 
 def _fail_or_skip(message):
@@ -75,23 +75,16 @@ try:
         except (ImportError, OSError) as e:
             _fail_or_skip(f"JACK-Client not usable: {e}")
         server = JackServer(log_dir=tmp_path_factory.mktemp("jack"))
-        saved = {k: os.environ.get(k) for k in ("JACK_DEFAULT_SERVER", "JACK_NO_START_SERVER")}
         try:
             server.start()
         except (OSError, RuntimeError) as e:
             _fail_or_skip(f"jackd did not start: {e}")
-        os.environ["JACK_DEFAULT_SERVER"] = server.name
-        os.environ["JACK_NO_START_SERVER"] = "1"
         _SHARED["server"] = server
         try:
-            yield server
+            with named_server(server):
+                yield server
         finally:
             del _SHARED["server"]
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
             server.stop()
 
     @pytest.fixture(scope="session")
@@ -222,7 +215,7 @@ def standin_main(argv):
         msg = event[0]
         if not msg:
             return
-        kind, ch = msg[0] & 0xF0, msg[0] & 0x0F
+        kind = msg[0] & 0xF0
         with lock:
             if kind == 0x90 and len(msg) >= 3 and msg[2] > 0 and msg[1] < 128:
                 voices[msg[1]] = [0.0, 1.0, False]
@@ -235,7 +228,6 @@ def standin_main(argv):
 
     hostapi = next(i for i, h in enumerate(sd.query_hostapis()) if "JACK" in h["name"])
     device = sd.query_hostapis(hostapi)["default_output_device"]
-    t = np.arange(a.blocksize)
 
     def callback(out, frames, time_info, status):
         if status.output_underflow:

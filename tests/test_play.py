@@ -107,15 +107,22 @@ def write_preset(folder, name, program, instrument, **extra):
     (folder / f"{name}.yaml").write_text("\n".join(lines) + "\n")
 
 
-def test_render_midi_with_a_tiny_sing_checkpoint(tmp_path, capsys):
+def tiny_sing(folder):
+    """A random-weights SING checkpoint of two instruments and its presets 'keys' (program 0)
+    and 'pad' (program 88): (checkpoint path, presets folder)."""
     torch.manual_seed(0)
     config = SingConfig(n_instruments=2, lstm_hidden=16, lstm_layers=1, channels=32)
-    ckpt = tmp_path / "tiny.pt"
+    ckpt = folder / "tiny.pt"
     save_checkpoint(ckpt, SING(config), {0: "tiny_keys", 1: "tiny_pad"})
-    presets = tmp_path / "presets"
+    presets = folder / "presets"
     presets.mkdir()
     write_preset(presets, "keys", 0, "tiny_keys", gain=4)
     write_preset(presets, "pad", 88, "tiny_pad", gain=4)
+    return ckpt, presets
+
+
+def test_render_midi_with_a_tiny_sing_checkpoint(tmp_path, capsys):
+    ckpt, presets = tiny_sing(tmp_path)
     song = mido.MidiFile(ticks_per_beat=480)
     track = mido.MidiTrack()
     track += [mido.Message("note_on", note=60, velocity=100, time=0),
@@ -326,14 +333,7 @@ def test_nothing_is_imported_after_warm_up(tmp_path):
     GIL long enough to stall the audio callback (numpy.ma's took ~110 ms)."""
     import subprocess
     import sys
-    torch.manual_seed(0)
-    config = SingConfig(n_instruments=2, lstm_hidden=16, lstm_layers=1, channels=32)
-    ckpt = tmp_path / "tiny.pt"
-    save_checkpoint(ckpt, SING(config), {0: "tiny_keys", 1: "tiny_pad"})
-    presets = tmp_path / "presets"
-    presets.mkdir()
-    write_preset(presets, "keys", 0, "tiny_keys", gain=4)
-    write_preset(presets, "pad", 88, "tiny_pad", gain=4)
+    ckpt, presets = tiny_sing(tmp_path)
     run = subprocess.run([sys.executable, "-c", WARM_SCRIPT, str(ckpt), str(presets)],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr

@@ -136,9 +136,108 @@ def prewarm_order(pitch_range) -> list:
 
 
 class WorkerQueue:
-    """What the note renderers (`NoteRenderer`, `tone.ToneRenderer`) share around their worker:
-    waiting for it to go idle and calling the ready callbacks.  Needs ``_cond``, ``_queued``,
-    ``_in_flight``, ``_counts`` and ``_last_error``."""
+    """What the note renderers (`NoteRenderer`, `tone.ToneRenderer`) share around their one
+    worker thread: the request and prewarm queue (urgent ahead of prewarm), the ready callbacks,
+    waiting for the worker to go idle, closing.  A subclass sets up ``_cond``, ``_heap``,
+    ``_queued``, ``_seq``, ``_in_flight``, ``_requested_at``, ``_cache``, ``_counts``,
+    ``_prewarm_pending/_done/_total``, ``_last_error``, ``_closed`` and ``_thread``, and gives
+    ``check_key``; its worker takes keys off ``_heap``."""
+
+    def add_ready_callback(self, callback) -> None:
+        """``callback(key, array)``, called on the worker thread for each note rendered."""
+        with self._cond:
+            self._callbacks.append(callback)
+
+    def get(self, key):
+        """The cached note (marking it recently used), or None; queues nothing.  In `NoteRenderer`
+        a note whose head is ready and whose rest is rendering (``head_frames``) counts as cached."""
+        with self._cond:
+            return self._lookup(key)
+
+    def request(self, key, urgent=True):
+        """The cached note for ``key`` at once, or None after queueing it (urgent: ahead of every
+        prewarm request).  Raises ValueError for a bad key (before queueing anything)."""
+        with self._cond:
+            note = self._lookup(key)
+            if note is not None:
+                self._counts["hits"] += 1
+                return note
+        self.check_key(key)
+        with self._cond:
+            if self._closed:
+                return None
+            note = self._lookup(key)     # rendered meanwhile
+            if note is not None:
+                self._counts["hits"] += 1
+                return note
+            self._counts["misses"] += 1
+            if urgent:
+                self._requested_at.setdefault(key, time.perf_counter())
+            if key in self._in_flight:
+                return None
+            prio = URGENT if urgent else PREWARM
+            if self._queued.get(key, PREWARM + 1) > prio:   # not queued, or promoted to urgent
+                self._queued[key] = prio
+                heapq.heappush(self._heap, (prio, next(self._seq), key))
+                self._cond.notify()
+            return None
+
+    def prewarm(self, keys) -> int:
+        """Queues ``keys`` behind every urgent request, in the order given (callers order them
+        middle octaves first: `prewarm_order`).  Bad keys are skipped (counted in status's
+        errors).  Returns the number of notes queued.  The keys are checked first and queued under
+        one hold of the lock, so a key pressed meanwhile waits for ~0.2 ms, not for the whole list."""
+        good, errors = [], []
+        for key in keys:
+            try:
+                good.append(self.check_key(key))
+            except ValueError as exc:
+                errors.append(f"prewarm: {exc}")
+        queued = 0
+        with self._cond:
+            if errors:
+                self._counts["errors"] += len(errors)
+                self._last_error = errors[-1]
+            for key in good:
+                if self._closed or key in self._prewarm_pending:
+                    continue
+                self._prewarm_total += 1
+                if key in self._cache:
+                    self._prewarm_done += 1
+                    continue
+                self._prewarm_pending.add(key)
+                if key in self._in_flight or key in self._queued:
+                    continue
+                self._queued[key] = PREWARM
+                heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
+                queued += 1
+            if queued:
+                self._cond.notify()
+        return queued
+
+    def _lookup(self, key):
+        """The cached note for ``key`` (marked recently used), or None (lock held)."""
+        note = self._cache.get(key)
+        if note is not None:
+            self._cache.move_to_end(key)
+        return note
+
+    def close(self, timeout=5.0) -> None:
+        """Stops the worker (after the batch it is rendering) and drops the queue."""
+        with self._cond:
+            self._closed = True
+            self._heap.clear()
+            self._queued.clear()
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
 
     def wait_idle(self, timeout=None) -> bool:
         """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
@@ -299,17 +398,6 @@ class NoteRenderer(WorkerQueue):
         return weights / weights.sum()
 
     # ------------------------------------------------------------------ requests
-    def add_ready_callback(self, callback) -> None:
-        """``callback(key, array)``, called on the worker thread for each note rendered."""
-        with self._cond:
-            self._callbacks.append(callback)
-
-    def get(self, key):
-        """The cached note (marking it recently used), or None; queues nothing.  A note whose head
-        is ready and whose rest is rendering (see ``head_frames``) counts as cached."""
-        with self._cond:
-            return self._lookup(key)
-
     def _lookup(self, key):
         """The cached or filling note for ``key``, or None (lock held)."""
         note = self._cache.get(key)
@@ -317,67 +405,6 @@ class NoteRenderer(WorkerQueue):
             self._cache.move_to_end(key)
             return note
         return self._filling.get(key)
-
-    def request(self, key, urgent=True):
-        """The cached note for ``key`` at once, or None after queueing it (urgent: ahead of every
-        prewarm request).  Raises ValueError for a bad key (before queueing anything)."""
-        with self._cond:
-            note = self._lookup(key)
-            if note is not None:
-                self._counts["hits"] += 1
-                return note
-        self.check_key(key)
-        with self._cond:
-            if self._closed:
-                return None
-            note = self._lookup(key)     # rendered meanwhile
-            if note is not None:
-                self._counts["hits"] += 1
-                return note
-            self._counts["misses"] += 1
-            if urgent:
-                self._requested_at.setdefault(key, time.perf_counter())
-            if key in self._in_flight:
-                return None
-            prio = URGENT if urgent else PREWARM
-            if self._queued.get(key, PREWARM + 1) > prio:   # not queued, or promoted to urgent
-                self._queued[key] = prio
-                heapq.heappush(self._heap, (prio, next(self._seq), key))
-                self._cond.notify()
-            return None
-
-    def prewarm(self, keys) -> int:
-        """Queues ``keys`` behind every urgent request, in the order given (callers order them
-        middle octaves first: `prewarm_order`).  Bad keys are skipped (counted in status's
-        errors).  Returns the number of notes queued.  The keys are checked first and queued under
-        one hold of the lock, so a key pressed meanwhile waits for ~0.2 ms, not for the whole list."""
-        good, errors = [], []
-        for key in keys:
-            try:
-                good.append(self.check_key(key))
-            except ValueError as exc:
-                errors.append(f"prewarm: {exc}")
-        queued = 0
-        with self._cond:
-            if errors:
-                self._counts["errors"] += len(errors)
-                self._last_error = errors[-1]
-            for key in good:
-                if self._closed or key in self._prewarm_pending:
-                    continue
-                self._prewarm_total += 1
-                if key in self._cache:
-                    self._prewarm_done += 1
-                    continue
-                self._prewarm_pending.add(key)
-                if key in self._in_flight or key in self._queued:
-                    continue
-                self._queued[key] = PREWARM
-                heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
-                queued += 1
-            if queued:
-                self._cond.notify()
-        return queued
 
     @property
     def urgent_delays_ms(self) -> list:
@@ -410,22 +437,6 @@ class NoteRenderer(WorkerQueue):
                 "alive": self._thread.is_alive(),
                 **self._counts,
             }
-
-    def close(self, timeout=5.0) -> None:
-        """Stops the worker (after the batch it is rendering) and drops the queue."""
-        with self._cond:
-            self._closed = True
-            self._heap.clear()
-            self._queued.clear()
-            self._cond.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ------------------------------------------------------------------ worker
     def _peek(self):

@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..config import SingConfig
-from .renderer import PREWARM, URGENT, WorkerQueue, instrument_key
+from .renderer import WorkerQueue, instrument_key
 
 NOTE_SECONDS = 4.0
 
@@ -122,64 +122,6 @@ class ToneRenderer(WorkerQueue):
             raise ValueError(f"velocity row {row!r} is out of range")
         return key
 
-    def add_ready_callback(self, callback) -> None:
-        with self._cond:
-            self._callbacks.append(callback)
-
-    def get(self, key):
-        with self._cond:
-            note = self._cache.get(key)
-            if note is not None:
-                self._cache.move_to_end(key)
-            return note
-
-    def request(self, key, urgent=True):
-        with self._cond:
-            note = self._cache.get(key)
-            if note is not None:
-                self._cache.move_to_end(key)
-                self._counts["hits"] += 1
-                return note
-        self.check_key(key)
-        with self._cond:
-            if self._closed:
-                return None
-            self._counts["misses"] += 1
-            if urgent:
-                self._requested_at.setdefault(key, time.perf_counter())
-            if key in self._in_flight:
-                return None
-            prio = URGENT if urgent else PREWARM
-            if self._queued.get(key, PREWARM + 1) > prio:
-                self._queued[key] = prio
-                heapq.heappush(self._heap, (prio, next(self._seq), key))
-                self._cond.notify()
-            return None
-
-    def prewarm(self, keys) -> int:
-        queued = 0
-        for key in keys:
-            try:
-                self.check_key(key)
-            except ValueError as exc:
-                with self._cond:
-                    self._counts["errors"] += 1
-                    self._last_error = f"prewarm: {exc}"
-                continue
-            with self._cond:
-                if self._closed:
-                    break
-                self._prewarm_total += 1
-                if key in self._cache or key in self._queued or key in self._in_flight:
-                    self._prewarm_done += 1
-                    continue
-                self._prewarm_pending.add(key)
-                self._queued[key] = PREWARM
-                heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
-                queued += 1
-                self._cond.notify()
-        return queued
-
     def status(self) -> dict:
         with self._cond:
             return {
@@ -191,21 +133,6 @@ class ToneRenderer(WorkerQueue):
                 "render_ms_per_note": None, "last_error": self._last_error,
                 "alive": self._thread.is_alive(), **self._counts,
             }
-
-    def close(self, timeout=5.0) -> None:
-        with self._cond:
-            self._closed = True
-            self._heap.clear()
-            self._queued.clear()
-            self._cond.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _worker(self) -> None:
         while True:
