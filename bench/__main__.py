@@ -255,7 +255,7 @@ def header_lines(args, label, load_before, load_after, started) -> list:
 
     from .render import cpu_name
     argv = " ".join(shlex.quote(a) for a in args._argv)
-    training = f"at the start {args._training_before}, at the end {'yes' if _training_running() else 'no'}"
+    training = f"at the start {args._training_before}, at the end {training_state()}"
     return [
         f"- date: {started} (took {(time.time() - args._t0) / 60:.1f} min)",
         f"- machine: {cpu_name()}, {os.cpu_count()} cores, {platform.machine()}, "
@@ -276,18 +276,25 @@ def header_lines(args, label, load_before, load_after, started) -> list:
     ]
 
 
-def _training_running() -> bool:
+def training_state() -> str:
+    """'yes' if a `sing_synth train` process runs, 'paused' if every one is stopped (SIGSTOP, as
+    a bench run on a shared machine does), else 'no'."""
+    states = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ")
-        except OSError:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
             continue
         if b"sing_synth train" in cmd:
-            return True
-    return False
+            states.append(state)
+    if not states:
+        return "no"
+    return "paused" if all(st in (b"T", b"t") for st in states) else "yes"
 
 
 def report(args, results, label, load_before, load_after, started) -> str:
@@ -307,7 +314,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     args._argv = sys.argv[1:] if argv is None else list(argv)
     args._t0 = time.time()
-    args._training_before = "yes" if _training_running() else "no"
+    args._training_before = training_state()
     s = settings(args)
     started = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     load_before = common.load_average()
