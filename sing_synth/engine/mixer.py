@@ -576,11 +576,11 @@ class Mixer:
             op(a, b, out=m)
             np.logical_and(ok, m, out=ok)
         ch = self.v_channel
-        np.take(self.ch_gain, ch, out=f, mode="clip")
+        self.ch_gain.take(ch, out=f, mode="clip")
         np.multiply(f, self.v_gain, out=f)
-        np.take(self.ch_pan_l, ch, out=tl, mode="clip")
+        self.ch_pan_l.take(ch, out=tl, mode="clip")
         np.multiply(tl, f, out=tl)
-        np.take(self.ch_pan_r, ch, out=tr, mode="clip")
+        self.ch_pan_r.take(ch, out=tr, mode="clip")
         np.multiply(tr, f, out=tr)
         for t in (tl, tr):
             np.abs(t, out=f)
@@ -625,24 +625,24 @@ class Mixer:
         ix = self._ix[:k]
         coef, g = self._coef, self._g64[:k]
         for row, cur, target in ((0, self.v_cur_l, self._tl), (2, self.v_cur_r, self._tr)):
-            np.take(cur, ix, out=g)
+            cur.take(ix, out=g)
             np.copyto(coef[row, :k], g, casting="same_kind")
-            np.take(target, ix, out=self._g64b[:k])
+            target.take(ix, out=self._g64b[:k])
             np.subtract(self._g64b[:k], g, out=g)
             np.copyto(coef[row + 1, :k], g, casting="same_kind")
             np.put(cur, ix, self._g64b[:k])          # the target is reached at the block's end
-        np.take(self.v_pos, ix, out=self._k_pos[:k])
-        np.take(self.v_rate, ix, out=self._k_rate[:k])
-        np.take(self._nv, ix, out=self._k_nv[:k])
+        self.v_pos.take(ix, out=self._k_pos[:k])
+        self.v_rate.take(ix, out=self._k_rate[:k])
+        self._nv.take(ix, out=self._k_nv[:k])
         # release: rows of active voices get a release that never ends (envelope 1)
         active = self._k_active[:k]
-        np.take(self.v_state, ix, out=self._k_state[:k])
+        self.v_state.take(ix, out=self._k_state[:k])
         np.equal(self._k_state[:k], ACTIVE, out=active)
         self._releasing = not active.all()
-        np.take(self.v_rel_left, ix, out=g)
+        self.v_rel_left.take(ix, out=g)
         np.copyto(self._rel_left_k[:k], g, casting="same_kind")
         np.copyto(self._rel_left_k[:k], _FAR, where=active)
-        np.take(self.v_rel_len, ix, out=g)
+        self.v_rel_len.take(ix, out=g)
         np.copyto(self._rel_len_k[:k], g, casting="same_kind")
         np.copyto(self._rel_len_k[:k], 1.0, where=active)
 
@@ -674,7 +674,7 @@ class Mixer:
         np.put(self.v_pos, ix, f)
         # released and fading voices' releases move on n samples; active ones keep theirs
         active, ended, m = self._k_active[:k], self._k_ended[:k], self._k_m[:k]
-        np.take(self.v_rel_left, ix, out=f)
+        self.v_rel_left.take(ix, out=f)
         np.subtract(f, float(n), out=g)
         np.copyto(g, f, where=active)
         np.put(self.v_rel_left, ix, g)
@@ -729,7 +729,7 @@ class Mixer:
         for j in range(kb):
             nv = counts[j]
             try:
-                np.take(notes[slots[j]], I[j, :nv], out=A[j, :nv], mode="clip")
+                notes[slots[j]].take(I[j, :nv], out=A[j, :nv], mode="clip")
             except Exception as exc:           # not a float array any more: that voice only
                 self._kill_row(k0 + j, slots[j], exc)
                 Bm[j] = 0.0
@@ -742,7 +742,7 @@ class Mixer:
             note = notes[slots[j]]
             if note is not None:               # (None: killed above)
                 nv = counts[j]
-                np.take(note, I[j, :nv], out=Bm[j, :nv], mode="clip")
+                note.take(I[j, :nv], out=Bm[j, :nv], mode="clip")
         np.subtract(Bm, A, out=Bm)
         np.multiply(Bm, F, out=Bm)
         np.add(A, Bm, out=A)
