@@ -94,9 +94,11 @@ class JackIO:
         handle = self.handle
         for _ in range(min(len(pending), self.max_events)):
             try:
-                handle(pending.popleft())
+                if handle(pending[0]) is False:
+                    break              # a lock is taken: this message and the rest next cycle
             except Exception:          # (the controller counts its own errors) never stop JACK
                 self.dropped += 1
+            pending.popleft()
         out = self.out[:frames]
         self.mixer.callback(out, frames, None, None)
         self.outs[0].get_array()[:] = out[:, 0]
@@ -104,7 +106,8 @@ class JackIO:
 
     def start(self, handle, mixer) -> "JackIO":
         """``handle``: ``f(message bytes)``, called in the process callback for each MIDI message
-        (`play.Instrument.handle`); ``mixer``: the `engine.Mixer` (its `callback` fills the
+        (`play.Instrument.try_handle`); returning False leaves the message (and those after it)
+        for the next cycle; ``mixer``: the `engine.Mixer` (its `callback` fills the
         outputs; xruns are counted in it)."""
         self.handle, self.mixer = handle, mixer
         self.client.activate()

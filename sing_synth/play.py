@@ -234,10 +234,18 @@ class Instrument:
 
     def handle(self, message: bytes) -> None:
         """The MIDI thread's entry: channel filter (``--channel``), then the controller."""
-        if self.channel is not None and message and 0x80 <= message[0] < 0xF0 \
-                and message[0] & 0x0F != self.channel:
-            return
-        self.controller.handle(message)
+        if not self._filtered(message):
+            self.controller.handle(message)
+
+    def try_handle(self, message: bytes) -> bool:
+        """`handle` from the audio thread (``--audio-api jack``): False, with nothing done, when
+        it would have to wait for a lock (`engine.Controller.try_handle`)."""
+        return self._filtered(message) or self.controller.try_handle(message)
+
+    def _filtered(self, message: bytes) -> bool:
+        """True for a channel message that ``--channel`` leaves out."""
+        return (self.channel is not None and bool(message) and 0x80 <= message[0] < 0xF0
+                and message[0] & 0x0F != self.channel)
 
     def status_line(self) -> str:
         r = self.renderer.status()
@@ -598,7 +606,7 @@ def run_live_jack(args, presets, preset, checkpoint) -> int:
         inst.warm_up()
         if not args.no_prewarm:
             inst.controller.prewarm()
-        io.start(inst.handle, inst.mixer)
+        io.start(inst.try_handle, inst.mixer)
         old_handlers = _signals(stop)
         print(f"ready: jack port '{io.port_name}' audio 'JACK {io.client.name}' {io.rate} Hz",
               flush=True)

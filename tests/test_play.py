@@ -343,3 +343,26 @@ def test_nothing_is_imported_after_warm_up(tmp_path):
     assert run.stdout.strip() == "[]", run.stdout
     # and the garbage collector's full passes no longer walk start-up's objects (torch, the model)
     assert run.stderr.strip().splitlines()[-1] == "True", run.stderr
+
+
+def test_jack_callback_keeps_messages_a_busy_lock_refused():
+    """JackIO's process callback: a message the handler refuses (a lock was taken) stays queued,
+    with the ones after it, for the next cycle; the audio is mixed either way."""
+    from collections import deque
+    from types import SimpleNamespace
+    from sing_synth.jack_io import JackIO
+    io = JackIO.__new__(JackIO)      # no JACK server: the callback alone, with fake ports
+    events = [(0, b"\x90\x3c\x64"), (0, b"\x90\x40\x64")]
+    io.midi_in = SimpleNamespace(incoming_midi_events=lambda: list(events))
+    outs = [np.zeros(64, np.float32), np.zeros(64, np.float32)]
+    io.outs = [SimpleNamespace(get_array=lambda o=o: o) for o in outs]
+    io.out = np.zeros((64, 2), np.float32)
+    io.pending, io.dropped, io.max_events = deque(), 0, 64
+    busy, handled, mixed = [True], [], []
+    io.handle = lambda m: False if busy[0] else handled.append(m)
+    io.mixer = SimpleNamespace(callback=lambda out, frames, t, s: mixed.append(frames))
+    io._process(64)
+    assert handled == [] and list(io.pending) == [b"\x90\x3c\x64", b"\x90\x40\x64"] and mixed == [64]
+    busy[0], events[:] = False, []
+    io._process(64)
+    assert handled == [b"\x90\x3c\x64", b"\x90\x40\x64"] and not io.pending and io.dropped == 0

@@ -141,6 +141,26 @@ class Controller:
             self._post_bend(c)
 
     # ------------------------------------------------------------------ entry points
+    def try_handle(self, msg) -> bool:
+        """`handle`, for the audio thread: only if the controller's and the renderer's locks are
+        free at once; False (nothing done) if another thread holds one, and the caller keeps the
+        message for its next cycle.  Those locks are held by the MIDI-less threads for
+        microseconds, but by the renderer's worker at a lower CPU priority, which the scheduler
+        may preempt while it holds one: waiting there would be an xrun."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            renderer = self.renderer
+            if not renderer.try_lock():
+                return False
+            try:
+                self.handle(msg)
+            finally:
+                renderer.unlock()
+            return True
+        finally:
+            self._lock.release()
+
     def handle(self, msg) -> None:
         """One MIDI message (mido.Message, raw bytes, or anything with mido's attributes).
         Never raises: malformed messages are counted (``malformed``), valid ones the instrument

@@ -239,6 +239,16 @@ class WorkerQueue:
         self.close()
 
 
+    def try_lock(self) -> bool:
+        """Takes the renderer's lock if it is free at once (re-entrant: `request` may be called
+        while holding it); False, without waiting, if another thread holds it.  For a caller on
+        the audio thread (`engine.Controller.try_handle`), which must never wait on a lock that
+        the worker -- which renders at a lower priority -- may hold."""
+        return self._cond.acquire(blocking=False)
+
+    def unlock(self) -> None:
+        self._cond.release()
+
     def wait_idle(self, timeout=None) -> bool:
         """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -1,4 +1,6 @@
 """Helpers for the engine tests: a fake renderer of sine notes, and signal measurements."""
+import threading
+
 import numpy as np
 
 from sing_synth.config import SingConfig
@@ -37,6 +39,13 @@ class FakeRenderer:
         self.requests = []
         self.prewarmed = []
         self.callbacks = []
+        self.lock = threading.RLock()
+
+    def try_lock(self):
+        return self.lock.acquire(blocking=False)
+
+    def unlock(self):
+        self.lock.release()
 
     def add_ready_callback(self, callback):
         self.callbacks.append(callback)

@@ -226,3 +226,37 @@ def test_prewarm_orders_middle_octaves_first():
     first = renderer.prewarmed[:25]
     assert [k[1] for k in first[:5]] == [60, 59, 61, 58, 62]
     assert {k[2] for k in first} == {3} and {k[2] for k in renderer.prewarmed[25:]} == {0}
+
+
+def holding(lock_acquire, lock_release):
+    """A thread that holds a lock until the returned event is set: (thread, release event)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        lock_acquire()
+        held.set()
+        release.wait(10)
+        lock_release()
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert held.wait(10)
+    return thread, release
+
+
+@pytest.mark.parametrize("whose", ["renderer", "controller"])
+def test_audio_thread_handling_never_waits_for_a_lock(whose):
+    """try_handle (MIDI handled in the JACK audio callback) does nothing and says False while
+    another thread (the renderer's worker, its ready callback) holds the renderer's or the
+    controller's lock, and handles the message once the lock is free."""
+    controller, mixer, renderer = setup()
+    if whose == "renderer":
+        thread, release = holding(renderer.try_lock, renderer.unlock)
+    else:
+        thread, release = holding(controller._lock.acquire, controller._lock.release)
+    note = bytes([0x90, 60, 100])
+    assert controller.try_handle(note) is False
+    assert controller.counts["messages"] == 0 and renderer.requests == []
+    release.set()
+    thread.join()
+    assert controller.try_handle(note) is True
+    assert controller.counts["started"] == 1 and mixer.events
