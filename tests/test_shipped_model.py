@@ -1,7 +1,7 @@
 """The shipped model (models/sing-small-fluidr3.pt, see models/MODEL_CARD.md): it loads safely,
 is small, knows every preset's instruments, and gets louder with velocity.  Its pitch accuracy is
-measured by `sing-synth eval --report` (models/eval/report.md), not asserted here: this model is
-not yet in tune (MODEL_CARD.md).
+measured by `sing-synth eval --report` (models/eval/report.md), not asserted here: 64 of the 81
+preset notes at MIDI 48/60/72 are in tune, not all (MODEL_CARD.md).
 
 Rendered the way the instrument renders (`engine.NoteRenderer`, the fast path in the model's
 16 kHz rate); the loudness a player hears is the rendered velocity layer times the preset's
