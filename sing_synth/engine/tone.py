@@ -26,7 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..config import SingConfig
-from .renderer import WorkerQueue, instrument_key
+from .renderer import PREWARM, RENDER_NICE, ThreadNice, WorkerQueue, instrument_key
 
 NOTE_SECONDS = 4.0
 
@@ -135,6 +135,7 @@ class ToneRenderer(WorkerQueue):
             }
 
     def _worker(self) -> None:
+        nice = ThreadNice()     # prewarm tones at a lower CPU priority, as NoteRenderer's
         while True:
             with self._cond:
                 while not self._closed and not self._queued:
@@ -153,6 +154,8 @@ class ToneRenderer(WorkerQueue):
                     continue
                 self._in_flight.add(key)
                 callbacks = list(self._callbacks)
+            if nice.base is not None:
+                nice.set(nice.base + RENDER_NICE if prio == PREWARM else nice.base)
             note = None
             try:
                 inst, pitch, row = key
