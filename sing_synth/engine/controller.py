@@ -37,6 +37,13 @@ except ImportError:     # pragma: no cover - mido is a dependency
 RPN_NULL = (127, 127)
 
 
+class _Forget:
+    """For the prewarm helper: withdraw ``preset``'s prewarm unless a channel plays it."""
+
+    def __init__(self, preset):
+        self.preset = preset
+
+
 class _Marker:
     """A place in the prewarm queue: its event is set once everything before it is queued."""
 
@@ -334,12 +341,14 @@ class Controller:
             self.counts["program_errors"] += 1
             return
         ch = self.channels[c]
-        changed = preset is not ch.preset
+        previous = ch.preset
+        changed = preset is not previous
         ch.preset = preset
         ch.bend_range = float(preset.bend_range)
         self._post_bend(c)
         if changed and self.prewarm_programs:   # a new current preset: render its notes before they are played
             self.prewarm_later(preset)
+            self._prewarm_queue.put(_Forget(previous))
 
     def prewarm_later(self, preset) -> None:
         """Queues `prewarm` of ``preset`` for a helper thread and returns at once.  Program changes
@@ -362,9 +371,22 @@ class Controller:
                 preset.event.set()
                 continue
             try:
-                self.prewarm(preset)
+                if isinstance(preset, _Forget):
+                    self._forget(preset.preset)
+                elif self._playing(preset):     # a burst of program changes: only the last counts
+                    self.prewarm(preset)
             except Exception as exc:
-                self.last_error = f"prewarm {preset.name}: {exc}"
+                self.last_error = f"prewarm {getattr(preset, 'name', preset)}: {exc}"
+
+    def _playing(self, preset) -> bool:
+        return any(ch.preset is preset for ch in self.channels)
+
+    def _forget(self, preset) -> None:
+        """Withdraws the prewarm of a preset that no channel plays any more, so that rendering
+        it neither delays the current presets' notes nor evicts them from the cache."""
+        drop = getattr(self.renderer, "drop_prewarm", None)
+        if drop is not None and not self._playing(preset):
+            drop(self._prewarm_keys(preset))
 
     def wait_prewarm_queued(self, timeout=10.0) -> bool:
         """Blocks until every program change's prewarm is queued in the renderer (tests)."""
@@ -389,9 +411,13 @@ class Controller:
         rows = sorted({self.config.velocity_row(v) for v in (velocities or
                        [v for v in self.config.velocity_rows if v > 0])},
                       key=lambda r: abs(self.config.velocity_rows[r] - 100))
+        return self.renderer.prewarm(self._prewarm_keys(preset, rows))
+
+    def _prewarm_keys(self, preset, rows=None) -> list:
+        if rows is None:
+            rows = range(len(self.config.velocity_rows))
         inst = instrument_key(preset.instrument)
-        keys = [(inst, pitch, row) for row in rows for pitch in prewarm_order(preset.pitch_range)]
-        return self.renderer.prewarm(keys)
+        return [(inst, pitch, row) for row in rows for pitch in prewarm_order(preset.pitch_range)]
 
     def status(self) -> dict:
         with self._lock:
@@ -405,7 +431,9 @@ class Controller:
         return int(channel)
 
     def _drop(self, pendings) -> None:
-        """Drops pending notes (lock held)."""
+        """Drops pending notes (lock held), and withdraws the render requests of the keys no
+        note waits for any more (`renderer.WorkerQueue.cancel`)."""
+        orphans = []
         for pend in list(pendings):
             if pend.dropped:
                 continue
@@ -413,6 +441,11 @@ class Controller:
             self.counts["dropped"] += 1
             _remove(self._by_note, (pend.channel, pend.pitch), pend)
             _remove(self._pending, pend.key, pend)
+            if pend.key not in self._pending:
+                orphans.append(pend.key)
+        cancel = getattr(self.renderer, "cancel", None)
+        if orphans and cancel is not None:
+            cancel(orphans)
 
     def _drop_channel(self, c: int, locked=False) -> None:
         if not locked:

@@ -215,6 +215,42 @@ class WorkerQueue:
                 self._cond.notify()
         return queued
 
+    def cancel(self, keys) -> int:
+        """Withdraws the urgent requests of ``keys``: nobody waits for those notes any more (the
+        keys that asked were released, or silenced, before their notes were rendered).  A key
+        also queued for prewarming goes back behind the urgent requests; one already rendering
+        finishes.  Returns the number withdrawn.  Without this, a burst of notes nobody holds any
+        more (a DAW's panic, a flood of note-ons then all-notes-off) would delay every key pressed
+        after it by the whole burst's render time."""
+        withdrawn = 0
+        with self._cond:
+            for key in keys:
+                self._requested_at.pop(key, None)
+                if self._queued.get(key) != URGENT:
+                    continue
+                if key in self._prewarm_pending:
+                    self._queued[key] = PREWARM
+                    heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
+                else:
+                    del self._queued[key]     # its heap entry is skipped as stale
+                withdrawn += 1
+        return withdrawn
+
+    def drop_prewarm(self, keys) -> int:
+        """Withdraws ``keys`` from prewarming (a preset no channel plays any more); urgent
+        requests stay.  Returns the number withdrawn."""
+        withdrawn = 0
+        with self._cond:
+            for key in keys:
+                if key not in self._prewarm_pending:
+                    continue
+                self._prewarm_pending.discard(key)
+                self._prewarm_total -= 1
+                if self._queued.get(key) == PREWARM:
+                    del self._queued[key]
+                withdrawn += 1
+        return withdrawn
+
     def _lookup(self, key):
         """The cached note for ``key`` (marked recently used), or None (lock held)."""
         note = self._cache.get(key)

@@ -38,6 +38,8 @@ class FakeRenderer:
         self.waiting = []
         self.requests = []
         self.prewarmed = []
+        self.cancelled = []
+        self.dropped = []
         self.callbacks = []
         self.lock = threading.RLock()
 
@@ -68,6 +70,17 @@ class FakeRenderer:
     def prewarm(self, keys):
         keys = list(keys)
         self.prewarmed.extend(keys)
+        return len(keys)
+
+    def cancel(self, keys):
+        keys = list(keys)
+        self.cancelled.extend(keys)
+        self.waiting = [k for k in self.waiting if k not in keys]
+        return len(keys)
+
+    def drop_prewarm(self, keys):
+        keys = list(keys)
+        self.dropped.extend(keys)
         return len(keys)
 
     def deliver(self):

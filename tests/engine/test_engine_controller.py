@@ -198,6 +198,56 @@ def test_late_note_starts_when_ready_unless_released():
     assert controller.status()["waiting"] == 0
 
 
+def test_notes_nobody_waits_for_are_withdrawn_from_the_renderer():
+    controller, mixer, renderer = setup(instant=False)
+    for channel in (0, 1):
+        controller.handle(msg("note_on", channel=channel, note=60, velocity=100))
+    controller.handle(msg("note_on", channel=0, note=62, velocity=100))
+    key60, key62 = renderer.waiting
+    controller.handle(msg("note_off", channel=0, note=60))
+    assert renderer.cancelled == []                  # channel 1 still waits for the same note
+    controller.handle(msg("note_off", channel=0, note=62))
+    assert renderer.cancelled == [key62]
+    controller.handle(msg("control_change", channel=1, control=120, value=0))
+    assert renderer.cancelled == [key62, key60] and renderer.waiting == []
+    # under the pedal a released key still waits: nothing withdrawn until the pedal lifts
+    controller.handle(msg("control_change", control=64, value=127))
+    controller.handle(msg("note_on", note=64, velocity=100))
+    controller.handle(msg("note_off", note=64))
+    assert len(renderer.cancelled) == 2
+    controller.handle(msg("control_change", control=64, value=0))
+    assert len(renderer.cancelled) == 3 and controller.status()["waiting"] == 0
+
+
+def test_a_burst_of_program_changes_prewarms_only_the_presets_still_played():
+    presets = {"low": make_preset(name="low", program=32, pitch_range=(28, 60), instrument="bass"),
+               "high": make_preset(name="high", program=73, pitch_range=(60, 96), instrument="flute")}
+    controller, _, renderer = setup(presets=presets, default=presets["low"])
+    entered, gate, prewarm = threading.Event(), threading.Event(), renderer.prewarm
+    renderer.prewarm = lambda keys: entered.set() or gate.wait(10) and prewarm(keys)
+    flute, bass = (("flute", 1.0),), (("bass", 1.0),)
+    controller.handle(msg("program_change", program=73))
+    assert entered.wait(10)                          # the helper is prewarming 'high' now
+    controller.handle(msg("program_change", program=32))
+    controller.handle(msg("program_change", program=73))
+    controller.handle(msg("program_change", program=32))            # channel 0 ends on 'low'
+    gate.set()
+    assert controller.wait_prewarm_queued()
+    # the first 'high' prewarm was already under way; every later one is skipped or withdrawn
+    assert len([k for k in renderer.prewarmed if k[0] == flute]) == 5 * 37
+    assert {k for k in renderer.dropped if k[0] == flute} == \
+        {k for k in renderer.prewarmed if k[0] == flute}
+    assert not any(k[0] == bass for k in renderer.dropped)
+    assert len({k for k in renderer.prewarmed if k[0] == bass}) == 5 * 33
+    # a preset another channel still plays keeps its prewarm
+    dropped = len(renderer.dropped)
+    controller.handle(msg("program_change", channel=1, program=73))
+    controller.handle(msg("program_change", channel=2, program=73))
+    controller.handle(msg("program_change", channel=1, program=32))
+    assert controller.wait_prewarm_queued() and len(renderer.dropped) == dropped
+    controller.close()
+
+
 def test_malformed_and_unknown_messages_are_counted_never_raised():
     controller, mixer, _ = setup()
     garbage = [None, 42, "note_on", b"\x90\x40", b"", [0x90, 200, 100], object(),

@@ -273,3 +273,26 @@ def test_prewarm_renders_at_lower_priority_than_urgent_notes():
     assert seen["main"] == os.getpriority(os.PRIO_PROCESS, main_tid) != seen["low"]
     if os.geteuid() == 0:
         assert seen["back"] == seen["base"]
+
+
+def test_cancel_withdraws_urgent_requests_and_drop_prewarm_prewarms(tiny_checkpoint, one_thread):
+    recorder = Recorder()
+    with NoteRenderer(tiny_checkpoint, device="cpu", cache_mb=64, batch_size=4,
+                      on_ready=recorder, dtype=torch.float32) as renderer:
+        flute, violin = instrument_key("flute"), instrument_key("violin")
+        prewarm = [(flute, p, 3) for p in prewarm_order((48, 52))]      # 52, 51, 50, 49, 48
+        urgent = [(violin, p, 1) for p in (60, 61, 62, 63)]
+        with renderer._cond:                 # the worker waits: the queue is what we say
+            renderer.prewarm(prewarm)
+            for key in urgent + [(flute, 50, 3)]:
+                assert renderer.request(key) is None
+            # nobody waits for violin 60, 61 any more; flute 50 stays a prewarm note
+            assert renderer.cancel(urgent[:2] + [(flute, 50, 3), (violin, 99, 1)]) == 3
+            assert renderer.drop_prewarm([(flute, 52, 3), (violin, 62, 1)]) == 1
+        assert renderer.wait_idle(timeout=60)
+        assert recorder.keys[:2] == urgent[2:]
+        assert recorder.keys[2:] == prewarm[1:]                          # in prewarm order
+        status = renderer.status()
+        assert status["prewarm_done"] == status["prewarm_total"] == 4
+        assert status["rendered"] == 6 and status["queue"] == 0
+        assert len(renderer.urgent_delays_ms) == 2       # withdrawn requests are not timed
