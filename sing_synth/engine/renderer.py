@@ -179,7 +179,7 @@ class WorkerQueue:
             if self._queued.get(key, PREWARM + 1) > prio:   # not queued, or promoted to urgent
                 self._queued[key] = prio
                 heapq.heappush(self._heap, (prio, next(self._seq), key))
-                self._cond.notify()
+                self._cond.notify_all()     # the worker, or the urgent lane
             return None
 
     def prewarm(self, keys) -> int:
@@ -212,7 +212,7 @@ class WorkerQueue:
                 heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
                 queued += 1
             if queued:
-                self._cond.notify()
+                self._cond.notify_all()
         return queued
 
     def cancel(self, keys) -> int:
@@ -265,8 +265,9 @@ class WorkerQueue:
             self._heap.clear()
             self._queued.clear()
             self._cond.notify_all()
-        if self._thread is not threading.current_thread():
-            self._thread.join(timeout)
+        for thread in [self._thread, *getattr(self, "_lanes", ())]:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
 
     def __enter__(self):
         return self
@@ -330,6 +331,11 @@ class NoteRenderer(WorkerQueue):
             first ``head_frames`` frames, the note handed to the ready callbacks (and to
             `request`) with that head written, then the rest written behind it while it plays
             (0: whole notes only).  A key pressed now sounds after ~1/8 of a note's render time.
+        urgent_lane: a second thread that renders urgent requests only, at once, while the
+            worker renders a prewarm step on another core (default: where there are >= 2 cores
+            or the device is not the CPU).  Without it a key pressed during prewarming waits for
+            the step under way: a decoder step is weight-bandwidth bound, 6-15 ms for the small
+            model at batch 2 on one core here, which put the not-cached p99 above 30 ms.
 
     Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
     prewarm notes rendered with it); a prewarm batch holds prewarm requests.  A prewarm batch
@@ -345,7 +351,8 @@ class NoteRenderer(WorkerQueue):
 
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
                  on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
-                 lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES):
+                 lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES,
+                 urgent_lane=None):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -395,7 +402,12 @@ class NoteRenderer(WorkerQueue):
         self._fade_out = np.cos(0.5 * np.pi * ramp_out) ** 2
         self._fade_in[0] = self._fade_out[-1] = 0.0
         self._thread = threading.Thread(target=self._worker, name="sing-note-renderer", daemon=True)
-        self._thread.start()
+        if urgent_lane is None:
+            urgent_lane = self.device.type != "cpu" or (os.cpu_count() or 1) >= 2
+        self._lanes = [threading.Thread(target=self._urgent_worker, name="sing-urgent-renderer",
+                                        daemon=True)] if urgent_lane else []
+        for thread in [self._thread, *self._lanes]:
+            thread.start()
 
     # ------------------------------------------------------------------ keys
     def make_key(self, instrument, pitch: int, velocity: int) -> tuple:
@@ -480,7 +492,8 @@ class NoteRenderer(WorkerQueue):
                 "urgent_p50_ms": statistics.median(delays) if delays else None,
                 "render_ms_per_note": per_note,
                 "last_error": self._last_error,
-                "alive": self._thread.is_alive(),
+                "alive": self._thread.is_alive() and all(t.is_alive() for t in self._lanes),
+                "urgent_lane": bool(self._lanes),
                 **self._counts,
             }
 
@@ -533,6 +546,20 @@ class NoteRenderer(WorkerQueue):
                 batch, kind = self._next_batch()
             if batch:
                 self._run(batch, preempt=kind != URGENT)
+
+    def _urgent_worker(self) -> None:
+        """The urgent lane: renders urgent batches only, beside the worker's prewarm steps."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        while True:
+            with self._cond:
+                while not self._closed and not self._urgent_top():
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch, _ = self._next_batch(urgent_only=True)
+            if batch:
+                self._run_steps(batch, preempt=False)
 
     def _run(self, batch, preempt: bool) -> None:
         """Renders ``batch`` step by step (`FastRenderer.stages`) and delivers it.  With
@@ -650,8 +677,12 @@ class NoteRenderer(WorkerQueue):
 
     def _urgent_waiting(self) -> bool:
         with self._cond:
-            top = self._peek()
-            return top is not None and top[0] == URGENT
+            return self._urgent_top()
+
+    def _urgent_top(self) -> bool:
+        """Whether an urgent key waits (lock held)."""
+        top = self._peek()
+        return top is not None and top[0] == URGENT
 
     def _serve_urgent(self) -> None:
         """Renders and delivers every urgent batch queued now (and while doing so)."""

@@ -58,7 +58,8 @@ def test_keys_and_prewarm_order():
 def test_urgent_before_prewarm_and_resampled_length(tiny_checkpoint, one_thread):
     recorder = Recorder()
     with NoteRenderer(tiny_checkpoint, device="cpu", stream_rate=48000, cache_mb=64,
-                      batch_size=4, on_ready=recorder, dtype=torch.float32) as renderer:
+                      batch_size=4, on_ready=recorder, dtype=torch.float32,
+                      urgent_lane=False) as renderer:
         flute = instrument_key("flute")
         prewarm = [(flute, p, 3) for p in prewarm_order((48, 72))]
         urgent = (instrument_key({"violin": 0.5, "organ": 0.5}), 64, 1)
@@ -153,7 +154,7 @@ def test_urgent_key_overtakes_a_prewarm_batch_between_its_steps(tiny_checkpoint,
     started, go = threading.Event(), threading.Event()
     with NoteRenderer(tiny_checkpoint, device="cpu", batch_size=4, prewarm_batch_size=2,
                       on_ready=recorder, dtype=torch.float32, lstm_chunks=4,
-                      decoder_chunk=64) as renderer:
+                      decoder_chunk=64, urgent_lane=False) as renderer:
         stages = renderer.fast.stages
         calls = []
 
@@ -175,6 +176,42 @@ def test_urgent_key_overtakes_a_prewarm_batch_between_its_steps(tiny_checkpoint,
     assert calls == [2, 1, 2]                        # prewarm batch, urgent batch, prewarm batch
     assert recorder.keys == [urgent] + prewarm       # the urgent note first, then prewarm order
     assert renderer.status()["rendered"] == 5 and renderer.status()["errors"] == 0
+
+
+def test_urgent_lane_renders_a_key_while_a_prewarm_step_is_under_way(tiny_checkpoint, one_thread):
+    """With the urgent lane, a key pressed while the worker is inside a prewarm step is rendered
+    and delivered at once, by the lane, while that step is still running."""
+    recorder = Recorder()
+    started, go = threading.Event(), threading.Event()
+    with NoteRenderer(tiny_checkpoint, device="cpu", batch_size=4, prewarm_batch_size=2,
+                      on_ready=recorder, dtype=torch.float32, urgent_lane=True) as renderer:
+        stages = renderer.fast.stages
+        workers = []
+
+        def paused_stages(*args, **kwargs):        # the first prewarm batch stops in its first step
+            workers.append(threading.current_thread().name)
+            first = len(workers) == 1
+            result = yield from _pause_after_first(stages(*args, **kwargs), first, started, go)
+            return result
+
+        renderer.fast.stages = paused_stages
+        prewarm = [(instrument_key("flute"), p, 3) for p in (60, 59)]
+        renderer.prewarm(prewarm)
+        assert started.wait(30)
+        urgent = (instrument_key("violin"), 64, 1)
+        assert renderer.request(urgent) is None
+        assert renderer.wait_idle(timeout=0.5) is False        # the prewarm step still waits
+        deadline = threading.Event()
+        for _ in range(300):                                   # the lane delivers meanwhile
+            if renderer.get(urgent) is not None:
+                break
+            deadline.wait(0.1)
+        assert recorder.keys == [urgent] and renderer.status()["urgent_lane"]
+        go.set()
+        assert renderer.wait_idle(timeout=60)
+        assert workers == ["sing-note-renderer", "sing-urgent-renderer"]
+        assert recorder.keys == [urgent] + prewarm
+    assert not any(t.is_alive() for t in renderer._lanes)       # close() stops the lane too
 
 
 def _pause_after_first(steps, pause, started, go):
@@ -278,7 +315,7 @@ def test_prewarm_renders_at_lower_priority_than_urgent_notes():
 def test_cancel_withdraws_urgent_requests_and_drop_prewarm_prewarms(tiny_checkpoint, one_thread):
     recorder = Recorder()
     with NoteRenderer(tiny_checkpoint, device="cpu", cache_mb=64, batch_size=4,
-                      on_ready=recorder, dtype=torch.float32) as renderer:
+                      on_ready=recorder, dtype=torch.float32, urgent_lane=False) as renderer:
         flute, violin = instrument_key("flute"), instrument_key("violin")
         prewarm = [(flute, p, 3) for p in prewarm_order((48, 52))]      # 52, 51, 50, 49, 48
         urgent = [(violin, p, 1) for p in (60, 61, 62, 63)]
