@@ -240,6 +240,8 @@ class Trainer:
         self.optimizer = self.make_optimizer(self.phase) if self.phase < len(PHASES) else None
         if self.optimizer and training["optimizer"]:
             self.optimizer.load_state_dict(training["optimizer"])
+            for group in self.optimizer.param_groups:     # a resumed run may anneal: --lr rules
+                group["lr"] = self.settings.lr
 
     def init_weights(self, path) -> None:
         """Starts from a checkpoint's weights (an fp16 shipped model is widened to fp32).  The

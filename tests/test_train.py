@@ -131,9 +131,11 @@ def test_finished_run_trains_on_with_more_epochs(short_dataset, tmp_path):
     assert subprocess.run(command, capture_output=True, text=True).returncode == 0
     same = subprocess.run(command + ["--resume"], capture_output=True, text=True)
     assert same.returncode == 0 and len(read_metrics(run)) == 3            # nothing left to do
-    more = subprocess.run(train_command(short_dataset, run, "--epochs", "1,1,3", "--resume"),
-                          capture_output=True, text=True)
+    more = subprocess.run(train_command(short_dataset, run, "--epochs", "1,1,3", "--resume",
+                                        "--lr", "1e-5"), capture_output=True, text=True)
     assert more.returncode == 0, more.stderr
+    state = torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)
+    assert {g["lr"] for g in state["training"]["optimizer"]["param_groups"]} == {1e-5}  # annealed
     assert [(r["phase"], int(r["epoch"])) for r in read_metrics(run)] == [
         (PHASES[0], 1), (PHASES[1], 1), (PHASES[2], 1), (PHASES[2], 2), (PHASES[2], 3)]
 
