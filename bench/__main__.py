@@ -138,7 +138,8 @@ def run_latency(s, checkpoint) -> dict:
 def run_mixer(s, checkpoint) -> dict:
     from . import mixer
     sweep = mixer.sweep(s["voices"], blocks=s["blocks"])
-    soak = common.isolated(mixer.soak, checkpoint, s["soak_s"])       # a JACK server each
+    soak = [common.isolated(mixer.soak, checkpoint, s["soak_s"], synth=synth)   # a JACK server each
+            for synth in ("sing", "fluidsynth")]
     cpu = common.isolated(mixer.cpu_use, checkpoint, seconds=s["cpu_s"])
     text = "\n".join([
         f"Callback time, `Mixer.callback` called directly ({s['blocks']} blocks of 256 frames at "
@@ -149,7 +150,8 @@ def run_mixer(s, checkpoint) -> dict:
         "",
         "Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
         "every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
-        "which client was late in each xrun, from jackd's log:",
+        "FluidSynth through the same schedule (its organ), the reference for what this machine "
+        "gives a sample player; which client was late in each xrun, from jackd's log:",
         "",
         mixer.soak_markdown(soak),
         "",
@@ -197,10 +199,12 @@ def targets(results) -> list:
                          ", ".join(f"{'rate 1' if r['mode'] == 'rate1' else r['mode']} "
                                    f"{r['p99_pct']:.1f}%" for r in at128),
                          _verdict(worst["p99_pct"] <= 10.0)))
-        soak = mix["soak"]
+        soak, *reference = mix["soak"]
+        fluid = (f"; FluidSynth late {reference[0]['synth_late']} times on the same schedule"
+                 if reference else "")
         rows.append((f"mixer: 0 xruns in a {soak['seconds']:g} s soak, 128 voices, prewarm running",
                      f"JACK counted {soak['xruns']}: sing-synth late {soak['synth_late']} times, "
-                     f"the bench's MIDI sender {soak['others_late']}",
+                     f"the bench's MIDI sender {soak['others_late']}{fluid}",
                      _verdict(soak["synth_late"] == 0)))
     lat = results.get("latency")
     if lat:

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
 import sys
 import time
@@ -87,55 +88,82 @@ def last_value(synth, key):
 
 
 # ------------------------------------------------------------------------------------ soak
-def soak(checkpoint, seconds=60.0, voices=128, period=256, log=common.log) -> dict:
-    """128 voices held through JACK for ``seconds`` while the renderer prewarms."""
+def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=common.log) -> dict:
+    """``voices`` notes held through JACK for ``seconds``, re-struck every 3 s, a program change
+    every 4 s on another channel: sing-synth's renderer prewarms meanwhile.  ``synth``
+    'fluidsynth' runs FluidSynth through the same schedule (its organ, whose samples loop): the
+    late cycles this machine gives a sample player, the reference for sing-synth's."""
     from sing_synth.presets import load_presets
     programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
     notes = chord(voices)
+    name = "bench-soak" if synth == "sing" else "bench-soak-fluid"
     with common.jack_server(period) as server:
-        # no capture client here: the synth's outputs go to the (dummy) playback ports, and the
-        # only other client is the MIDI sender
+        # no capture client here: the only other client is the MIDI sender
         sender = R.MidiSender()
         try:
-            args = common.sing_command(checkpoint, period, "bench-soak", "--preset", "organ",
-                                       "--polyphony", max(128, voices))
-            with R.Synth(args, sender, None) as synth:
-                log(f"  soak: {seconds:.0f} s with {voices} voices")
-                if not sound_all(synth, sender, notes):
-                    raise common.BenchError(f"soak: {voices} voices never sounded together: "
-                                            f"{synth.status_lines()[-1:]}")
-                xruns0 = last_value(synth, "xruns") or 0
+            with _soak_synth(synth, checkpoint, period, voices, name, sender) as proc:
+                log(f"  soak {synth}: {seconds:.0f} s with {voices} voices")
+                xruns0 = last_value(proc, "xruns") if synth == "sing" else None
                 log_size = server.log_path.stat().st_size
-                t0 = time.monotonic()
-                voices_seen, k, next_strike, next_program = [], 0, t0 + 3.0, t0
-                while time.monotonic() - t0 < seconds:
-                    now = time.monotonic()
-                    if now >= next_program:        # keeps the renderer prewarming
-                        sender.send(sender.program(programs[k % len(programs)], 5))
-                        k, next_program = k + 1, now + 4.0
-                    if now >= next_strike:
-                        strike(sender, notes)
-                        next_strike = now + 3.0
-                    time.sleep(0.1)
-                    v = last_value(synth, "voices")
-                    if v is not None:
-                        voices_seen.append(v)
+                voices_seen, queued = _hold(proc, sender, notes, programs, seconds)
                 time.sleep(0.6)                   # the last status line
-                xruns = (last_value(synth, "xruns") or 0) - xruns0
-                lines = synth.status_lines()
+                xruns = None if xruns0 is None else (last_value(proc, "xruns") or 0) - xruns0
+                lines = proc.status_lines()
                 sender.send(*[sender.note_off(p, ch) for ch, p in notes])
         finally:
             sender.close()
         server_log = server.log_path.read_bytes()[log_size:].decode(errors="replace")
     late = late_clients(server_log)
-    result = {"seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
-              "synth_late": late.get("bench-soak", 0),
-              "others_late": sum(n for name, n in late.items() if name != "bench-soak"),
-              "voices_min": min(voices_seen[5:] or voices_seen or [0]),
-              "voices_max": max(voices_seen or [0]), "presets_queued": k,
+    result = {"synth": "sing-synth" if synth == "sing" else "FluidSynth",
+              "seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
+              "synth_late": late.get(name, 0),
+              "others_late": sum(n for client, n in late.items() if client != name),
+              "voices_min": min(voices_seen[5:] or voices_seen) if voices_seen else None,
+              "voices_max": max(voices_seen) if voices_seen else None, "presets_queued": queued,
               "last_status": lines[-1] if lines else ""}
-    log(f"  soak: {xruns} xruns, voices {result['voices_min']}..{result['voices_max']}")
+    log(f"  soak {synth}: late {result['synth_late']} cycles, xruns {xruns}")
     return result
+
+
+@contextlib.contextmanager
+def _soak_synth(synth, checkpoint, period, voices, name, sender):
+    """The running synth, its notes sounding."""
+    notes = chord(voices)
+    if synth == "sing":
+        args = common.sing_command(checkpoint, period, name, "--preset", "organ",
+                                   "--polyphony", max(128, voices))
+        with R.Synth(args, sender, None) as proc:
+            if not sound_all(proc, sender, notes):
+                raise common.BenchError(f"soak: {voices} voices never sounded together: "
+                                        f"{proc.status_lines()[-1:]}")
+            yield proc
+    else:
+        with R.Synth([], sender, None, command=common.fluidsynth_command(name),
+                     ready_line=False, stdin=subprocess.PIPE) as proc:
+            time.sleep(1.0)
+            program_all(sender, ORGAN)
+            strike(sender, notes)
+            time.sleep(1.0)
+            yield proc
+
+
+def _hold(proc, sender, notes, programs, seconds) -> tuple:
+    """The soak's schedule; returns (voice counts seen in the status, program changes sent)."""
+    t0 = time.monotonic()
+    voices_seen, k, next_strike, next_program = [], 0, t0 + 3.0, t0
+    while time.monotonic() - t0 < seconds:
+        now = time.monotonic()
+        if now >= next_program:        # keeps the renderer prewarming
+            sender.send(sender.program(programs[k % len(programs)], 5))
+            k, next_program = k + 1, now + 4.0
+        if now >= next_strike:
+            strike(sender, notes)
+            next_strike = now + 3.0
+        time.sleep(0.1)
+        v = last_value(proc, "voices")
+        if v is not None:
+            voices_seen.append(v)
+    return voices_seen, k
 
 
 def late_clients(log_text) -> dict:
@@ -209,13 +237,15 @@ def cpu_markdown(rows, period=256) -> str:
     return common.table(header, body, ["l"] + ["r"] * 4)
 
 
-def soak_markdown(r) -> str:
-    header = ("seconds", "voices held", "voices seen", "period", "xruns (JACK's count)",
-              "cycles sing-synth was late (jackd log)", "cycles the MIDI sender was late",
-              "presets queued for prewarm meanwhile")
-    body = [(common.fmt(r["seconds"]), r["voices"], f"{r['voices_min']}..{r['voices_max']}",
-             r["period"], r["xruns"], r["synth_late"], r["others_late"], r["presets_queued"])]
-    return common.table(header, body, ["r"] * 8)
+def soak_markdown(rows) -> str:
+    header = ("synth", "seconds", "voices held", "voices seen", "period", "xruns (JACK's count)",
+              "cycles the synth was late (jackd log)", "cycles the MIDI sender was late",
+              "program changes meanwhile")
+    body = [(r["synth"], common.fmt(r["seconds"]), r["voices"],
+             "-" if r["voices_min"] is None else f"{r['voices_min']}..{r['voices_max']}",
+             r["period"], "-" if r["xruns"] is None else r["xruns"], r["synth_late"],
+             r["others_late"], r["presets_queued"]) for r in rows]
+    return common.table(header, body, ["l"] + ["r"] * 8)
 
 
 def main(argv=None) -> int:
@@ -232,7 +262,7 @@ def main(argv=None) -> int:
     def text():
         ckpt, label = common.bench_checkpoint(args.checkpoint)
         rows = sweep(args.voices, blocks=args.blocks)
-        s = common.isolated(soak, ckpt, args.soak_s)
+        s = [common.isolated(soak, ckpt, args.soak_s, synth=synth) for synth in ("sing", "fluidsynth")]
         cpu = common.isolated(cpu_use, ckpt, seconds=args.cpu_s)
         return f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}"
     return common.print_or_error(text)
