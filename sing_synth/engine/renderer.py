@@ -1,19 +1,25 @@
-"""The note renderer: SING resident on one device, rendering whole notes in a background thread.
+"""The note renderer: SING resident on one device, rendering whole notes in background threads.
 
 A note is keyed by ``(instrument_key, pitch, velocity_row)``: ``instrument_key`` is a normalised
 blend (see `instrument_key`), ``pitch`` the MIDI note and ``velocity_row`` the row of the model's
-velocity table (`SingConfig.velocity_row`).  Rendering happens in ONE worker thread, in batches,
-never on the caller's thread; urgent requests (a key pressed now) go ahead of prewarming.  Each
+velocity table (`SingConfig.velocity_row`).  Rendering happens in a worker thread (and an urgent
+lane, below), in batches, never on the caller's thread; urgent requests (a key pressed now) go ahead of prewarming.  Each
 note is resampled once, model rate -> stream rate (soxr, float32 mono), and kept in an LRU cache
 bounded by ``cache_mb``.
 
-Latency of a note not cached yet (a key pressed now): prewarm batches are small (2 notes) and
-render in steps, and urgent keys are rendered between two steps of a prewarm batch, so they never
-wait for a whole batch; and an urgent note is rendered head first -- the LSTM's first steps and
-the decoder's first 32 frames give its first ~0.4 s exactly (the LSTM is causal, frames overlap
-only their neighbours), which is handed out at once while the worker writes the rest of the
-array behind it, long before playback gets there.  On the small model that is ~1/8 of a note's
-render time before it sounds (bench/RESULTS.md).
+Latency of a note not cached yet (a key pressed now): an urgent lane -- a second thread that
+renders urgent requests only -- takes it at once, while the worker goes on with its prewarm step
+on another core (where there is one); the worker also renders urgent keys between two steps of
+a prewarm batch (prewarm batches are small, 2 notes, and render in steps), so without the lane a
+key waits for one step, never for a whole batch.  An urgent note is rendered head first -- the
+LSTM's first steps and the decoder's first 32 frames give its first ~0.4 s exactly (the LSTM is
+causal, frames overlap only their neighbours), which is handed out at once while the rest of
+the array is written behind it, long before playback gets there.  On the small model that is
+~1/8 of a note's render time before it sounds (bench/RESULTS.md).
+
+Notes nobody waits for any more (released or silenced before they were rendered) are withdrawn
+from the urgent queue (`WorkerQueue.cancel`), and a preset no channel plays any more from the
+prewarm queue (`WorkerQueue.drop_prewarm`): a burst of them never delays the next key.
 
 Eviction and playing voices: the cache only drops its own reference.  A voice that is playing an
 evicted note holds the array itself, so the note plays on to its end and is freed when the last
