@@ -38,8 +38,9 @@ clean:
 # The default model: FluidR3_GM's programs named by the presets (sing_synth.presets.SHIPPED_PROGRAMS),
 # MIDI 24-96, `small` size, on this CPU; models/MODEL_CARD.md says what it cost and how it scores.
 # Stage 1: the three phases on whole notes; stage 2: end to end on 64-frame crops (~3x faster steps)
-# from stage 1's fp16 weights.  Every step is resumable: run it again after a kill.  To train the
-# shipped model further: `sing-synth train ... --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64`.
+# from stage 1's fp16 weights; stage 3: the same run annealed (lr 3e-4, then 1e-4; a resumed run
+# takes --lr as given).  Every step is resumable: run it again after a kill.  To train the shipped
+# model further: `sing-synth train ... --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64 --lr 1e-4`.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
@@ -51,5 +52,7 @@ shipped-model: $(STAMP)
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN) --epochs 2,2,2
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)/model.pt $(SHIPPED_RUN)/stage1-half.pt --half
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --init-from $(SHIPPED_RUN)/stage1-half.pt \
-		--epochs 0,0,14 --crop 64
+		--epochs 0,0,16 --crop 64
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,19 --crop 64 --lr 3e-4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,28 --crop 64 --lr 1e-4
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)-crop/model.pt models/sing-small-fluidr3.pt --half
