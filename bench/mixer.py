@@ -101,7 +101,7 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=com
         # no capture client here: the only other client is the MIDI sender
         sender = R.MidiSender()
         try:
-            with _soak_synth(synth, checkpoint, period, voices, name, sender) as proc:
+            with _soak_synth(synth, checkpoint, period, notes, name, sender) as proc:
                 log(f"  soak {synth}: {seconds:.0f} s with {voices} voices")
                 xruns0 = last_value(proc, "xruns") if synth == "sing" else None
                 log_size = server.log_path.stat().st_size
@@ -126,9 +126,9 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=com
 
 
 @contextlib.contextmanager
-def _soak_synth(synth, checkpoint, period, voices, name, sender):
-    """The running synth, its notes sounding."""
-    notes = chord(voices)
+def _soak_synth(synth, checkpoint, period, notes, name, sender):
+    """The running synth, ``notes`` sounding."""
+    voices = len(notes)
     if synth == "sing":
         args = common.sing_command(checkpoint, period, name, "--preset", "organ",
                                    "--polyphony", max(128, voices))

@@ -37,19 +37,6 @@ except ImportError:     # pragma: no cover - mido is a dependency
 RPN_NULL = (127, 127)
 
 
-class _Forget:
-    """For the prewarm helper: withdraw ``preset``'s prewarm unless a channel plays it."""
-
-    def __init__(self, preset):
-        self.preset = preset
-
-
-class _Marker:
-    """A place in the prewarm queue: its event is set once everything before it is queued."""
-
-    def __init__(self, event):
-        self.event = event
-
 # system messages that carry nothing for the instrument: dropped without counting as unknown
 _SYSTEM = {"clock", "start", "stop", "continue", "active_sensing", "songpos", "song_select",
            "tune_request", "quarter_frame"}
@@ -133,7 +120,7 @@ class Controller:
         self.prewarm_programs = True     # program change prewarms the new preset (live); offline
                                          # rendering knows every note beforehand and turns it off
         self._lock = threading.RLock()
-        self._prewarm_queue = queue.SimpleQueue()      # presets to prewarm, off the MIDI thread
+        self._prewarm_queue = queue.SimpleQueue()      # prewarm jobs (callables), off the MIDI thread
         self._prewarm_thread = None
         self._tokens = itertools.count()
         self._pending: dict = {}        # render key -> [_Pending] in arrival order
@@ -348,35 +335,38 @@ class Controller:
         self._post_bend(c)
         if changed and self.prewarm_programs:   # a new current preset: render its notes before they are played
             self.prewarm_later(preset)
-            self._prewarm_queue.put(_Forget(previous))
+            self._later(self._forget, previous)
 
     def prewarm_later(self, preset) -> None:
         """Queues `prewarm` of ``preset`` for a helper thread and returns at once.  Program changes
         arrive on the MIDI thread, which with JACK MIDI is a real-time process callback: queueing
         a preset's ~200-400 keys there took a period or more, the MIDI client missed its deadline
         and JACK dropped the events of that cycle (a note-on right after a program change was lost)."""
+        self._later(self._prewarm_if_playing, preset)
+
+    def _later(self, job, *args) -> None:
+        """Runs ``job(*args)`` on the prewarm helper thread, after the jobs queued before it."""
         with self._lock:
             if self._prewarm_thread is None:
                 self._prewarm_thread = threading.Thread(target=self._prewarm_worker, daemon=True,
                                                         name="sing-prewarm-queue")
                 self._prewarm_thread.start()
-        self._prewarm_queue.put(preset)
+        self._prewarm_queue.put((job, args))
 
     def _prewarm_worker(self) -> None:
         while True:
-            preset = self._prewarm_queue.get()
-            if preset is None:
+            item = self._prewarm_queue.get()
+            if item is None:
                 return
-            if isinstance(preset, _Marker):
-                preset.event.set()
-                continue
+            job, args = item
             try:
-                if isinstance(preset, _Forget):
-                    self._forget(preset.preset)
-                elif self._playing(preset):     # a burst of program changes: only the last counts
-                    self.prewarm(preset)
+                job(*args)
             except Exception as exc:
-                self.last_error = f"prewarm {getattr(preset, 'name', preset)}: {exc}"
+                self.last_error = f"prewarm {getattr(args[0], 'name', args[0]) if args else ''}: {exc}"
+
+    def _prewarm_if_playing(self, preset) -> None:
+        if self._playing(preset):     # a burst of program changes: only the last one counts
+            self.prewarm(preset)
 
     def _playing(self, preset) -> bool:
         return any(ch.preset is preset for ch in self.channels)
@@ -390,9 +380,11 @@ class Controller:
 
     def wait_prewarm_queued(self, timeout=10.0) -> bool:
         """Blocks until every program change's prewarm is queued in the renderer (tests)."""
+        if self._prewarm_thread is None:
+            return True
         done = threading.Event()
-        self._prewarm_queue.put(_Marker(done))
-        return self._prewarm_thread is None or done.wait(timeout)
+        self._later(done.set)
+        return done.wait(timeout)
 
     def close(self) -> None:
         """Stops the prewarm helper thread."""

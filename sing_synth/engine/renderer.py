@@ -410,7 +410,7 @@ class NoteRenderer(WorkerQueue):
         self._thread = threading.Thread(target=self._worker, name="sing-note-renderer", daemon=True)
         if urgent_lane is None:
             urgent_lane = self.device.type != "cpu" or (os.cpu_count() or 1) >= 2
-        self._lanes = [threading.Thread(target=self._urgent_worker, name="sing-urgent-renderer",
+        self._lanes = [threading.Thread(target=self._worker, args=(True,), name="sing-urgent-renderer",
                                         daemon=True)] if urgent_lane else []
         for thread in [self._thread, *self._lanes]:
             thread.start()
@@ -539,33 +539,25 @@ class NoteRenderer(WorkerQueue):
         self._in_flight.update(batch)
         return batch, kind
 
-    def _worker(self) -> None:
+    def _worker(self, urgent_only=False) -> None:
+        """The render loop.  The worker takes every batch, urgent ones first, prewarm ones at a
+        lower CPU priority (`_run`); the urgent lane (``urgent_only``) takes urgent batches only,
+        beside the worker's prewarm steps, at the base priority."""
         if self.threads:
             torch.set_num_threads(self.threads)    # OpenMP's team size is per thread: ours only
-        self._nice = ThreadNice()
+        if not urgent_only:
+            self._nice = ThreadNice()
         while True:
             with self._cond:
-                while not self._closed and not self._queued:
+                while not self._closed and not (self._urgent_top() if urgent_only else self._queued):
                     self._cond.wait()
                 if self._closed:
                     return
-                batch, kind = self._next_batch()
-            if batch:
-                self._run(batch, preempt=kind != URGENT)
-
-    def _urgent_worker(self) -> None:
-        """The urgent lane: renders urgent batches only, beside the worker's prewarm steps."""
-        if self.threads:
-            torch.set_num_threads(self.threads)
-        while True:
-            with self._cond:
-                while not self._closed and not self._urgent_top():
-                    self._cond.wait()
-                if self._closed:
-                    return
-                batch, _ = self._next_batch(urgent_only=True)
-            if batch:
+                batch, kind = self._next_batch(urgent_only)
+            if batch and urgent_only:
                 self._run_steps(batch, preempt=False)
+            elif batch:
+                self._run(batch, preempt=kind != URGENT)
 
     def _run(self, batch, preempt: bool) -> None:
         """Renders ``batch`` step by step (`FastRenderer.stages`) and delivers it.  With
