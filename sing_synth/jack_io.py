@@ -12,11 +12,15 @@ frame of the period its note-on arrived in.
 Real-time care: the controller's work per message is small (a cache lookup under the renderer's
 lock, which no thread holds for long; a deque append), at most ``max_events`` messages are handled
 per cycle (the rest wait for the next one: a MIDI flood cannot make the callback overrun), and the
+messages are handled only in the first ``midi_budget`` of the period (at least one per cycle:
+the controller's work under a 2-core load is 20-40 us a message, so the 256 messages of a
+128-note chord re-struck would otherwise take 5 ms of a 5.3 ms period), and the
 controller does not drop note references here (``Controller.collect_on_handle`` off): the main
 loop calls `Mixer.collect` instead, so no note array is freed on the audio thread.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 import numpy as np
@@ -25,6 +29,7 @@ from .errors import UserError, import_or_error
 from .midi import find_port
 
 MAX_EVENTS = 64          # MIDI messages handled per cycle; more wait for the next cycle
+MIDI_BUDGET = 0.25       # share of the period (from its start) spent handling MIDI messages
 
 
 def _import_jack():
@@ -39,12 +44,15 @@ class JackIO:
         port: connect this JACK MIDI output (name or unique substring) to ``midi_in``; it is
             reconnected by `check` when it comes back after disappearing.
         connect_outputs: connect the outputs to the physical playback ports.
+        max_events, midi_budget: MIDI messages handled per cycle at most, and only until this
+            share of the period has passed since the cycle began (one at least); the rest wait.
 
     The client opens at once (``rate`` and ``blocksize`` are the server's); `start` gives it
     the MIDI handler and the mixer and activates it.
     """
 
-    def __init__(self, name="SING Synth", port=None, connect_outputs=True, max_events=MAX_EVENTS):
+    def __init__(self, name="SING Synth", port=None, connect_outputs=True, max_events=MAX_EVENTS,
+                 midi_budget=MIDI_BUDGET):
         jack = _import_jack()
         try:
             self.client = jack.Client(name, no_start_server=True)
@@ -54,6 +62,7 @@ class JackIO:
         self.handle = self.mixer = None
         self.port_query = port
         self.max_events = int(max_events)
+        self.midi_budget = float(midi_budget)
         self.rate = int(self.client.samplerate)
         self.blocksize = int(self.client.blocksize)
         self.pending: deque = deque()      # MIDI messages read but not handled yet (a flood)
@@ -85,6 +94,10 @@ class JackIO:
         self.shutdown = reason or "JACK server shut down"
 
     def _process(self, frames) -> None:
+        # the deadline counts from the cycle's start: a callback that began late (it waited for
+        # the GIL) leaves more of the messages for the next cycle
+        start = time.perf_counter() - self.client.frames_since_cycle_start / self.rate
+        deadline = start + self.midi_budget * frames / self.rate
         pending = self.pending
         for _, data in self.midi_in.incoming_midi_events():
             if len(pending) < 65536:
@@ -92,7 +105,9 @@ class JackIO:
             else:
                 self.dropped += 1
         handle = self.handle
-        for _ in range(min(len(pending), self.max_events)):
+        for k in range(min(len(pending), self.max_events)):
+            if k and time.perf_counter() > deadline:
+                break
             try:
                 if handle(pending[0]) is False:
                     break              # a lock is taken: this message and the rest next cycle

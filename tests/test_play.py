@@ -361,7 +361,8 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     outs = [np.zeros(64, np.float32), np.zeros(64, np.float32)]
     io.outs = [SimpleNamespace(get_array=lambda o=o: o) for o in outs]
     io.out = np.zeros((64, 2), np.float32)
-    io.pending, io.dropped, io.max_events = deque(), 0, 64
+    io.pending, io.dropped, io.max_events, io.midi_budget = deque(), 0, 64, 1.0
+    io.client, io.rate = SimpleNamespace(frames_since_cycle_start=0), 48000
     busy, handled, mixed = [True], [], []
     io.handle = lambda m: False if busy[0] else handled.append(m)
     io.mixer = SimpleNamespace(callback=lambda out, frames, t, s: mixed.append(frames))
@@ -370,3 +371,28 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     busy[0], events[:] = False, []
     io._process(64)
     assert handled == [b"\x90\x3c\x64", b"\x90\x40\x64"] and not io.pending and io.dropped == 0
+
+
+def test_jack_callback_handles_midi_only_in_its_budget():
+    """Past ``midi_budget`` of the period (counted from the cycle's start) the rest of the
+    messages wait for the next cycle; one is handled per cycle at least; none is lost."""
+    from collections import deque
+    from types import SimpleNamespace
+    from sing_synth.jack_io import JackIO
+    io = JackIO.__new__(JackIO)
+    events = [(0, bytes([0x90, 40 + i, 100])) for i in range(5)]
+    io.midi_in = SimpleNamespace(incoming_midi_events=lambda: list(events))
+    outs = [np.zeros(64, np.float32), np.zeros(64, np.float32)]
+    io.outs = [SimpleNamespace(get_array=lambda o=o: o) for o in outs]
+    io.out = np.zeros((64, 2), np.float32)
+    io.pending, io.dropped, io.max_events, io.midi_budget = deque(), 0, 64, 0.5
+    io.client, io.rate = SimpleNamespace(frames_since_cycle_start=48), 48000   # 75% gone
+    handled, mixed = [], []
+    io.handle = handled.append
+    io.mixer = SimpleNamespace(callback=lambda out, frames, t, s: mixed.append(frames))
+    io._process(64)
+    assert len(handled) == 1 and len(io.pending) == 4 and mixed == [64]
+    events[:] = []
+    io.client.frames_since_cycle_start = 0            # on time: the rest fit
+    io._process(64)
+    assert handled == [bytes([0x90, 40 + i, 100]) for i in range(5)] and not io.pending

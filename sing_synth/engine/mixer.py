@@ -108,11 +108,17 @@ class Mixer:
         channels: output channels (1: mono sum; 2: stereo; more: the rest silent).
         master_gain: linear gain before the limiter.
         release_curve: 'exp' (-60 dB-shaped exponential that ends exactly at 0) or 'linear'.
+        max_events: events applied per callback at most.
+        event_budget: share of the block's duration the callback may spend applying events
+            (at least one is applied per callback); the rest wait for the next callback, so a
+            burst (a 128-note chord struck at once, each note-on stealing a voice: ~20 us each)
+            delays its last notes by a block or two instead of overrunning this one.
     """
 
     def __init__(self, stream_rate, blocksize_max=4096, polyphony=128, channels=2,
                  master_gain=0.5, release_curve="exp", fade_slots=16, steal_fade=0.005,
-                 threshold=0.89, limiter_release=0.25, timing_history=8192, max_events=4096):
+                 threshold=0.89, limiter_release=0.25, timing_history=8192, max_events=4096,
+                 event_budget=0.25):
         if release_curve not in ("exp", "linear"):
             raise ValueError("release_curve: 'exp' or 'linear'")
         self.stream_rate = int(stream_rate)
@@ -125,6 +131,7 @@ class Mixer:
         self.limiter_release = float(limiter_release)
         self.steal_fade = max(1.0, steal_fade * self.stream_rate)
         self.max_events = int(max_events)
+        self.event_budget = float(event_budget)
         self.n_slots = S = self.polyphony + max(0, int(fade_slots))
 
         # the voice table: one slot per voice
@@ -284,8 +291,8 @@ class Mixer:
             if status:
                 self.xruns += 1
             self.callbacks += 1
-            self._drain()
             total = outdata.shape[0]
+            self._drain(t0 + self.event_budget * total / self.stream_rate)
             offset = 0
             while offset < total:
                 n = min(self.blocksize_max, total - offset)
@@ -307,9 +314,13 @@ class Mixer:
             self._n_times += 1
 
     # ------------------------------------------------------------------ events (audio thread)
-    def _drain(self) -> None:
+    def _drain(self, deadline: float) -> None:
+        """Applies queued events until ``deadline`` (perf_counter seconds; one at least)."""
         events = self.events
-        for _ in range(self.max_events):
+        clock = _time.perf_counter
+        for k in range(self.max_events):
+            if k and clock() > deadline:
+                return
             try:
                 event = events.popleft()
             except IndexError:

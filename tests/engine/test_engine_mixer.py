@@ -156,6 +156,24 @@ def test_callback_survives_garbage_state_and_fills_outdata():
     assert stats["last_error"] and stats["callbacks"] >= 7
 
 
+def test_event_burst_spreads_over_callbacks_within_the_budget():
+    """Past ``event_budget`` of the block the rest of a burst waits: with no budget one event
+    is applied per callback, in order, none lost; with room for all, the chord starts at once."""
+    note = sine_note(60)
+    mixer = make_mixer(event_budget=0.0)
+    for p in range(16):
+        mixer.post(NoteOn(0, 40 + p, note, gain=0.01))
+    for k in range(1, 17):
+        run(mixer, blocks=1)
+        assert mixer.active_voices == k and len(mixer.events) == 16 - k
+    assert sorted(int(p) for p in mixer.v_pitch[mixer.v_state == ACTIVE]) == list(range(40, 56))
+    mixer = make_mixer(event_budget=100.0)
+    for p in range(16):
+        mixer.post(NoteOn(0, 40 + p, note, gain=0.01))
+    run(mixer, blocks=1)
+    assert mixer.active_voices == 16
+
+
 def test_no_allocation_in_steady_state():
     mixer = Mixer(RATE, blocksize_max=1024, polyphony=128)
     for v in range(48):
