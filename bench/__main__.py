@@ -150,8 +150,10 @@ def run_mixer(s, checkpoint) -> dict:
         "",
         "Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
         "every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
-        "FluidSynth through the same schedule (its organ), the reference for what this machine "
-        "gives a sample player; which client was late in each xrun, from jackd's log:",
+        "FluidSynth through the same schedule (its organ), a sample player for comparison; which "
+        "client was late in each xrun, from jackd's log. sing-synth applies MIDI and mixer events "
+        "only in the first quarter of each period (`jack_io.MIDI_BUDGET`, `Mixer.event_budget`): "
+        "a re-struck 128-note chord is 256 messages, spread over a few periods:",
         "",
         mixer.soak_markdown(soak),
         "",

@@ -91,8 +91,9 @@ def last_value(synth, key):
 def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=common.log) -> dict:
     """``voices`` notes held through JACK for ``seconds``, re-struck every 3 s, a program change
     every 4 s on another channel: sing-synth's renderer prewarms meanwhile.  ``synth``
-    'fluidsynth' runs FluidSynth through the same schedule (its organ, whose samples loop): the
-    late cycles this machine gives a sample player, the reference for sing-synth's."""
+    'fluidsynth' runs FluidSynth through the same schedule (its organ, whose samples loop), for
+    comparison.  (A C client alone, jack_metro, is never late here, even with both cores busy:
+    late cycles are the synth's own.)"""
     from sing_synth.presets import load_presets
     programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
     notes = chord(voices)

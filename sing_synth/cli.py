@@ -57,6 +57,9 @@ def add_train(sub):
     p.add_argument("--loss-eps", type=float, default=1.0,
                    help="eps of log(eps + |X|^2) (default the paper's 1); 0.01 weighs quiet partials "
                         "as if the notes were 20 dB louder (FluidSynth renders are quiet)")
+    p.add_argument("--loss-norm-db", type=float, default=None, metavar="DB",
+                   help="weigh every note as if its RMS were DB dBFS (e.g. -30): quiet notes are "
+                        "otherwise mostly under eps (default: off, the paper's loss)")
     p.add_argument("--bptt", type=int, default=32, help="truncated back-propagation length (phase 2)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
@@ -79,7 +82,7 @@ def run_train(args) -> int:
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
         lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,

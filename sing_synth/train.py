@@ -55,6 +55,7 @@ class TrainSettings:
     resolutions: tuple = (1024,)    # STFT sizes of the spectral loss (the paper: 1024 alone)
     loss_eps: float = 1.0           # log(eps + |X|^2): the paper's 1; lower it for quiet data
                                     # (0.01 = the loss of notes 20 dB louder)
+    loss_norm_db: float | None = None   # weigh every note at this RMS (SpectralLoss.norm_db)
     bptt: int = 32
     crop: int = 0                   # decoded frames per training example in phases 1 and 3 (a random
                                     # stretch of each batch's notes; ~3x faster at 64); 0: whole notes
@@ -148,7 +149,8 @@ class Trainer:
         self._load_data()
         self.model = SING(self.config).to(self.device)
         self.encoder = ConvEncoder(self.config).to(self.device)
-        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps).to(self.device)
+        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps,
+                                 norm_db=s.loss_norm_db).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
         self.crop_rng = random.Random(s.seed)

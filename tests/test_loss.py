@@ -43,3 +43,27 @@ def test_waveform_option_is_mse():
 def test_unknown_kind():
     with pytest.raises(ValueError):
         SpectralLoss("l3")
+
+
+def test_norm_db_weighs_a_quiet_pair_as_a_loud_one():
+    """With `norm_db` a pair 30 dB quieter costs what the loud pair costs (same gain for both);
+    without it, most of the quiet pair's spectrum is under eps and costs far less."""
+    torch.manual_seed(0)
+    t = torch.arange(16000) / 16000
+    target = 0.3 * torch.sin(2 * torch.pi * 523.25 * t)[None]
+    output = target + 0.15 * torch.sin(2 * torch.pi * 261.63 * t)[None]     # a subharmonic
+    quiet = 10 ** (-30 / 20)
+    plain, norm = SpectralLoss("mse", (1024, 4096)), SpectralLoss("mse", (1024, 4096), norm_db=-20)
+    assert plain(output * quiet, target * quiet) < 0.2 * plain(output, target)
+    loud, soft = norm(output, target).item(), norm(output * quiet, target * quiet).item()
+    assert abs(loud - soft) <= 1e-4 * loud
+    assert norm(target, target.clone()).item() == 0.0
+    # the output's level still counts: twice the target is not free
+    assert norm(2 * target, target).item() > 0.05 * loud
+
+
+def test_norm_db_gain_is_capped():
+    loss = SpectralLoss("mse", norm_db=-20, max_gain_db=40)
+    silent = torch.zeros(2, 8000)
+    assert torch.allclose(loss.gain(silent), torch.full((2, 1), 100.0))
+    assert torch.isfinite(loss(torch.randn(2, 8000) * 1e-3, silent))
