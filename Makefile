@@ -39,8 +39,10 @@ clean:
 # MIDI 24-96, `small` size, on this CPU; models/MODEL_CARD.md says what it cost and how it scores.
 # Stage 1: the three phases on whole notes; stage 2: end to end on 64-frame crops (~3x faster steps)
 # from stage 1's fp16 weights; stage 3: the same run annealed (lr 3e-4, then 1e-4; a resumed run
-# takes --lr as given).  Every step is resumable: run it again after a kill.  To train the shipped
-# model further: `sing-synth train ... --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64 --lr 1e-4`.
+# takes --lr as given); stage 4: on with every note weighed at -30 dB RMS (--loss-norm-db: quiet
+# decaying notes were mostly under the loss's floor), lr 3e-4 then 1e-4.  Every step is resumable:
+# run it again after a kill.  To train the shipped model further: `sing-synth train ...
+# --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64 --lr 1e-4 --loss-norm-db -30`.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
@@ -55,4 +57,8 @@ shipped-model: $(STAMP)
 		--epochs 0,0,16 --crop 64
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,19 --crop 64 --lr 3e-4
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,28 --crop 64 --lr 1e-4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,36 --crop 64 --lr 3e-4 \
+		--loss-norm-db -30
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,44 --crop 64 --lr 1e-4 \
+		--loss-norm-db -30
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)-crop/model.pt models/sing-small-fluidr3.pt --half
