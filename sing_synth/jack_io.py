@@ -9,14 +9,14 @@ the process callback reads the cycle's MIDI events, hands them to the controller
 mixer events), then runs `Mixer.callback` for the cycle, so a cached note sounds from the first
 frame of the period its note-on arrived in.
 
-Real-time care: the controller's work per message is small (a cache lookup under the renderer's
-lock, which no thread holds for long; a deque append), at most ``max_events`` messages are handled
-per cycle (the rest wait for the next one: a MIDI flood cannot make the callback overrun), and the
-messages are handled only in the first ``midi_budget`` of the period (at least one per cycle:
-the controller's work under a 2-core load is 20-40 us a message, so the 256 messages of a
-128-note chord re-struck would otherwise take 5 ms of a 5.3 ms period), and the
-controller does not drop note references here (``Controller.collect_on_handle`` off): the main
-loop calls `Mixer.collect` instead, so no note array is freed on the audio thread.
+Real-time care:
+- messages are handled only in the first ``midi_budget`` of the period, and ``max_events`` at
+  most (one per cycle at least; the rest wait for the next cycle, in order).  The controller's
+  work is 20-40 us a message on a loaded 2-core machine (a cache lookup under the renderer's
+  lock, which no thread holds for long; a deque append), so the 256 messages of a re-struck
+  128-note chord would otherwise fill a 5.3 ms period, and a MIDI flood cannot make it overrun;
+- the controller does not drop note references here (``Controller.collect_on_handle`` off): the
+  main loop calls `Mixer.collect` instead, so no note array is freed on the audio thread.
 """
 from __future__ import annotations
 

@@ -362,7 +362,8 @@ class Controller:
             try:
                 job(*args)
             except Exception as exc:
-                self.last_error = f"prewarm {getattr(args[0], 'name', args[0]) if args else ''}: {exc}"
+                what = getattr(args[0], "name", "") if args else ""      # the preset, if any
+                self.last_error = f"prewarm {what or job.__name__}: {exc}"
 
     def _prewarm_if_playing(self, preset) -> None:
         if self._playing(preset):     # a burst of program changes: only the last one counts
