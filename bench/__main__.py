@@ -96,7 +96,7 @@ def run_render(s, checkpoint) -> dict:
     gemm_n = 2048
     gemm = render.measure_gemm(list(dtypes.values()), device, n=gemm_n, min_time=min(0.5, s["min_time"]))
     log("render: " + render.gemm_line(gemm, gemm_n, device))
-    rows = render.run_benchmark(s["sizes"], s["batches"], render.PATHS, s["min_time"], device=device,
+    rows = render.run_benchmark(s["sizes"], s["batches"], render.default_paths(device), s["min_time"], device=device,
                                 gemm=gemm, progress=lambda r: log(f"  {r.size} b{r.batch} {r.label}: "
                                                                   f"{r.ms_per_note:.2f} ms/note"))
     prewarm = []

@@ -1,12 +1,16 @@
 """Rendering speed of SING: ms per note, notes/s and achieved FLOP/s, against this machine's GEMM FLOP/s.
 
     python -m bench.render [--sizes full base small] [--batches 1 8 32] [--min-time 1]
+                           [--paths reference fast graphed] [--dtypes bf16 fp16]
                            [--threads N] [--device cpu|cuda] [--markdown OUT.md]
 
-For each named size (random weights, seed 0) and batch it times two paths: `reference` (the `SING`
-module in fp32, eval, no_grad) and `fast` (`FastRenderer` in `best_dtype`, bf16 on an AVX-512-bf16
-CPU). Model FLOPs per note are counted analytically from the config (`model_flops`), and compared with
-the FLOP/s a plain square matmul reaches on the same device in the same dtype, measured in the same run.
+For each named size (random weights, seed 0) and batch it times up to three paths: `reference` (the
+`SING` module in fp32, eval, no_grad), `fast` (`FastRenderer` in `best_dtype`, bf16 on an
+AVX-512-bf16 CPU or a GPU, or in each of ``--dtypes``) and, on CUDA, `graphed` (the same replayed
+from a CUDA graph per batch size, `GraphedRenderer`). Model FLOPs per note are counted analytically
+from the config (`model_flops`), and compared with the FLOP/s a plain square matmul reaches on the
+same device in the same dtype, measured in the same run.  A row that fails (out of memory, a dtype
+the device lacks) is printed with its error; the others go on.
 """
 import argparse
 import datetime
@@ -22,16 +26,28 @@ from dataclasses import dataclass
 import torch
 
 from sing_synth.config import SIZES, SingConfig, named_config
-from sing_synth.fast import FastRenderer, best_dtype
+from sing_synth.fast import FastRenderer, GraphedRenderer, best_dtype
 from sing_synth.model import SING
 
-PATHS = ("reference", "fast")
+PATHS = ("reference", "fast", "graphed")
 DEFAULT_BATCHES = (1, 8, 32)
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return DTYPE_NAMES.get(dtype, str(dtype).replace("torch.", ""))
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    for dtype, short in DTYPE_NAMES.items():
+        if name == short:
+            return dtype
+    raise ValueError(f"unknown dtype {name!r}: choose from {', '.join(DTYPE_NAMES.values())}")
+
+
+def default_paths(device) -> tuple:
+    """Every path the device runs distinctly: `graphed` only on CUDA (elsewhere it is `fast`)."""
+    return PATHS if torch.device(device).type == "cuda" else PATHS[:2]
 
 
 def model_flops(config: SingConfig) -> dict:
@@ -110,7 +126,7 @@ def measure_gemm(dtypes, device="cpu", n: int = None, min_time: float = 0.5) -> 
 class Row:
     size: str
     batch: int
-    path: str            # "reference" or "fast"
+    path: str            # "reference", "fast" or "graphed"
     dtype: str           # compute dtype of the path, e.g. "fp32", "bf16"
     ms_per_call: float
     calls: int           # timed calls the median is taken over
@@ -119,10 +135,13 @@ class Row:
     gflops: float        # model GFLOP/s achieved
     gemm_gflops: float   # this machine's matmul GFLOP/s in the same dtype
     ratio: float         # gflops / gemm_gflops
+    error: str = ""      # why the row failed (its numbers are then NaN)
 
     @property
     def label(self) -> str:
-        return f"{self.dtype} reference" if self.path == "reference" else f"fast ({self.dtype})"
+        if self.path == "reference":
+            return f"{self.dtype} reference"
+        return f"{self.path} ({self.dtype})"
 
 
 def _symbols(batch: int, config: SingConfig, device, seed: int = 0):
@@ -133,60 +152,83 @@ def _symbols(batch: int, config: SingConfig, device, seed: int = 0):
     return instrument.to(device), pitch.to(device), velocity.to(device)
 
 
-def run_benchmark(sizes=tuple(SIZES), batches=DEFAULT_BATCHES, paths=PATHS, min_time: float = 1.0,
-                  device="cpu", gemm: dict = None, n_instruments: int = 1006, seed: int = 0,
-                  progress=None) -> list:
-    """Times every (size, batch, path); returns a list of `Row`.
+def variants(paths, dtypes) -> list:
+    """(path, compute dtype) pairs to time: the reference in fp32, the others in each of ``dtypes``."""
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown:
+        raise ValueError(f"unknown path(s) {unknown}: choose from {', '.join(PATHS)}")
+    return [(path, dtype) for path in PATHS if path in paths
+            for dtype in ((torch.float32,) if path == "reference" else dtypes)]
 
+
+def _renderer(model, path, dtype, device, batches, made: dict):
+    """The module that renders on ``path``; fast and graphed share one `FastRenderer` per dtype."""
+    if path == "reference":
+        return model
+    if ("fast", dtype) not in made:
+        made["fast", dtype] = FastRenderer(model, dtype=dtype, device=device).eval()
+    if path == "graphed" and (path, dtype) not in made:
+        made[path, dtype] = GraphedRenderer(made["fast", dtype], buckets=batches)
+    return made[path, dtype]
+
+
+def _time_row(renderer, symbols, device, min_time) -> tuple:
+    def call():
+        with torch.no_grad():
+            return renderer(*symbols)
+    return time_calls(call, device, min_time)
+
+
+def run_benchmark(sizes=tuple(SIZES), batches=DEFAULT_BATCHES, paths=PATHS[:2], min_time: float = 1.0,
+                  device="cpu", gemm: dict = None, n_instruments: int = 1006, seed: int = 0,
+                  progress=None, dtypes=None) -> list:
+    """Times every (size, batch, path, dtype); returns a list of `Row`.
+
+    dtypes: compute dtypes of the fast and graphed paths (default `best_dtype(device)`).
     gemm: {dtype: FLOP/s} of this machine's matmul; measured here (`measure_gemm`) when None.
     progress: optional callable given each row as it is measured.
     """
     device = torch.device(device)
-    unknown = [p for p in paths if p not in PATHS]
-    if unknown:
-        raise ValueError(f"unknown path(s) {unknown}: choose from {', '.join(PATHS)}")
-    fast_dtype = best_dtype(device)
-    dtypes = {"reference": torch.float32, "fast": fast_dtype}
+    pairs = variants(paths, tuple(dtypes or (best_dtype(device),)))
     if gemm is None:
-        gemm = measure_gemm([dtypes[p] for p in paths], device)
+        gemm = measure_gemm([dtype for _, dtype in pairs], device)
     rows = []
     for size in sizes:
         config = named_config(size, n_instruments=n_instruments)
         flops = model_flops(config)["total"]
         torch.manual_seed(seed)
         model = SING(config).to(device).eval()
-        renderers = {}
-        if "reference" in paths:
-            renderers["reference"] = model
-        if "fast" in paths:
-            renderers["fast"] = FastRenderer(model, dtype=fast_dtype, device=device).eval()
+        made = {}
         for batch in batches:
             symbols = _symbols(batch, config, device, seed)
-            for path in paths:
-                renderer = renderers[path]
-
-                def call(renderer=renderer):
-                    with torch.no_grad():
-                        return renderer(*symbols)
-
-                seconds, calls = time_calls(call, device, min_time)
-                achieved = flops * batch / seconds
-                peak = gemm[dtypes[path]]
-                row = Row(size=size, batch=batch, path=path, dtype=dtype_name(dtypes[path]),
-                          ms_per_call=seconds * 1e3, calls=calls,
-                          ms_per_note=seconds * 1e3 / batch, notes_per_s=batch / seconds,
-                          gflops=achieved / 1e9, gemm_gflops=peak / 1e9, ratio=achieved / peak)
+            for path, dtype in pairs:
+                peak = gemm[dtype]
+                try:
+                    seconds, calls = _time_row(_renderer(model, path, dtype, device, batches, made),
+                                               symbols, device, min_time)
+                except (RuntimeError, torch.OutOfMemoryError) as exc:
+                    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    row = Row(size, batch, path, dtype_name(dtype), math.nan, 0, math.nan, math.nan,
+                              math.nan, peak / 1e9, math.nan, error=f"{type(exc).__name__}: {message}"[:120])
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                else:
+                    achieved = flops * batch / seconds
+                    row = Row(size=size, batch=batch, path=path, dtype=dtype_name(dtype),
+                              ms_per_call=seconds * 1e3, calls=calls,
+                              ms_per_note=seconds * 1e3 / batch, notes_per_s=batch / seconds,
+                              gflops=achieved / 1e9, gemm_gflops=peak / 1e9, ratio=achieved / peak)
                 rows.append(row)
                 if progress is not None:
                     progress(row)
-        del model, renderers
+        del model, made
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
 
 
 def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=None,
-                      stream_rate=48000) -> dict:
+                      stream_rate=48000, device=None) -> dict:
     """Prewarm of one preset through `engine.NoteRenderer`, as the live instrument does it (every
     velocity layer, the preset's pitch range, middle octaves first, resampled to the stream rate),
     with a key pressed every ``urgent_every`` seconds meanwhile (other instruments, so never a
@@ -198,7 +240,7 @@ def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=Non
     presets = load_presets()
     chosen = presets[preset]
     others = [p for p in presets.values() if p.name != preset and p.instrument != chosen.instrument]
-    with NoteRenderer(ckpt, stream_rate=stream_rate, cache_mb=4096, threads=threads) as renderer:
+    with NoteRenderer(ckpt, stream_rate=stream_rate, cache_mb=4096, threads=threads, device=device) as renderer:
         controller = Controller(Mixer(stream_rate), renderer, presets, preset, stream_rate)
         first = renderer.make_key(others[0], 60, 100)       # warm-up: oneDNN sets up its kernels
         renderer.request(first)
@@ -223,6 +265,33 @@ def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=Non
             "dtype": status["dtype"], "prewarm_batch": renderer.prewarm_batch_size,
             "urgent_p50_ms": statistics.median(delays) if delays else math.nan,
             "urgent_p99_ms": _percentile(delays, 99), "urgent_max_ms": max(delays, default=math.nan)}
+
+
+def urgent_benchmark(checkpoint, notes=100, device=None, threads=None, stream_rate=48000) -> dict:
+    """Keys rendered on demand by an idle `engine.NoteRenderer` (no prewarm), one at a time, as a
+    key pressed on the keyboard is: request -> the note's head ready to play (the renderer's own
+    clock; the audio transport comes on top).  Distinct piano keys, after three warm-up keys."""
+    from sing_synth.checkpoint import load_checkpoint
+    from sing_synth.engine import NoteRenderer
+    from sing_synth.presets import load_presets
+    piano = load_presets()["piano"]
+    lo, hi = piano.pitch_range
+    width = hi - lo + 1
+    with NoteRenderer(load_checkpoint(checkpoint), stream_rate=stream_rate, cache_mb=4096,
+                      threads=threads, device=device) as renderer:
+        for pitch in (lo, lo + 1, lo + 2):             # warm-up: kernels, cuDNN plans, soxr
+            renderer.request(renderer.make_key(piano, pitch, 64))
+            renderer.wait_idle()
+        skip = len(renderer.urgent_delays_ms)
+        for i in range(notes):
+            velocity = (100, 127, 75, 50, 25)[(i // width) % 5]
+            renderer.request(renderer.make_key(piano, lo + (i * 29) % width, velocity))
+            renderer.wait_idle()
+        delays = renderer.urgent_delays_ms[skip:]
+        status = renderer.status()
+    return {"device": status["device"], "dtype": status["dtype"], "notes": len(delays),
+            "p50_ms": statistics.median(delays) if delays else math.nan,
+            "p99_ms": _percentile(delays, 99), "max_ms": max(delays, default=math.nan)}
 
 
 def _percentile(values, q):
@@ -259,8 +328,12 @@ def markdown_table(rows) -> str:
     lines = ["| " + " | ".join(TABLE_HEADER) + " |",
              "|" + "|".join(["---"] * 3 + ["---:"] * 4) + "|"]
     for row in rows:
-        cells = (row.size, str(row.batch), row.label, _fmt(row.ms_per_note), _fmt(row.notes_per_s),
-                 _fmt(row.gflops), f"{row.ratio:.2f}")
+        if row.error:
+            cells = (row.size, str(row.batch), f"{row.label}: failed, {row.error.replace('|', '/')}",
+                     "-", "-", "-", "-")
+        else:
+            cells = (row.size, str(row.batch), row.label, _fmt(row.ms_per_note), _fmt(row.notes_per_s),
+                     _fmt(row.gflops), f"{row.ratio:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -299,6 +372,26 @@ def machine_line(device) -> str:
     return text
 
 
+def _live_tables(args, device) -> str:
+    """The --urgent and --prewarm tables (the live renderer on ``device``), or ''."""
+    if not (args.urgent or args.prewarm):
+        return ""
+    from .common import SHIPPED
+    checkpoint = args.checkpoint or SHIPPED
+    text = ""
+    if args.urgent:
+        r = urgent_benchmark(checkpoint, args.urgent, device=device, threads=args.threads)
+        text += ("\n\nKeys rendered on demand by an idle live renderer (request -> head ready, "
+                 "before the audio transport):\n\n| device | dtype | notes | p50 ms | p99 ms | max ms |\n"
+                 "|---|---|---:|---:|---:|---:|\n"
+                 f"| {r['device']} | {r['dtype']} | {r['notes']} | {_fmt(r['p50_ms'])} | "
+                 f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} |")
+    if args.prewarm:
+        r = prewarm_benchmark(checkpoint, preset=args.prewarm, threads=args.threads, device=device)
+        text += "\n\nPrewarm of one preset through the live renderer:\n\n" + prewarm_markdown(r)
+    return text
+
+
 def _load() -> str:
     try:
         return f"{os.getloadavg()[0]:.2f}"
@@ -312,14 +405,24 @@ def parse_args(argv=None):
                         help="named model sizes (default: all)")
     parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES),
                         help="notes per call (default: 1 8 32)")
-    parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS),
-                        help="reference (fp32 SING) and/or fast (FastRenderer in best_dtype)")
+    parser.add_argument("--paths", nargs="+", default=None, choices=list(PATHS),
+                        help="reference (fp32 SING), fast (FastRenderer), graphed (fast from CUDA graphs); "
+                             "default: all that differ on the device (graphed on CUDA only)")
+    parser.add_argument("--dtypes", nargs="+", default=None, choices=list(DTYPE_NAMES.values()),
+                        help="compute dtypes of fast and graphed (default: the device's best)")
     parser.add_argument("--min-time", type=float, default=1.0,
                         help="seconds of timed calls per row (at least 3 calls unless one call exceeds it)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--gemm-size", type=int, default=None,
                         help="matrix size of the GEMM reference (default 2048 on CPU, 8192 on CUDA)")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="model of --urgent and --prewarm (default: the shipped model)")
+    parser.add_argument("--urgent", type=int, default=0, metavar="N",
+                        help="also N keys rendered on demand by the live renderer on --device: "
+                             "request -> head ready, p50/p99 (default 0: skip)")
+    parser.add_argument("--prewarm", default=None, metavar="PRESET",
+                        help="also the prewarm of this preset through the live renderer on --device")
     parser.add_argument("--markdown", metavar="OUT", default=None,
                         help="also write the table, with date, machine and command, to this file")
     args = parser.parse_args(argv)
@@ -336,16 +439,18 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gemm_n = args.gemm_size or (8192 if device.type == "cuda" else 2048)
-    dtypes = {"reference": torch.float32, "fast": best_dtype(device)}
+    paths = args.paths or default_paths(device)
+    dtypes = [parse_dtype(d) for d in args.dtypes] if args.dtypes else [best_dtype(device)]
     load_before = _load()
-    gemm = measure_gemm([dtypes[p] for p in args.paths], device, n=gemm_n, min_time=min(0.5, args.min_time))
+    gemm = measure_gemm([dtype for _, dtype in variants(paths, dtypes)], device, n=gemm_n,
+                        min_time=min(0.5, args.min_time))
     header = [gemm_line(gemm, gemm_n, device), flops_line(args.sizes)]
     print("\n".join(header), flush=True)
-    rows = run_benchmark(args.sizes, args.batches, args.paths, args.min_time, device=device, gemm=gemm,
-                         progress=lambda r: print(f"  {r.size} b{r.batch} {r.label}: "
-                                                  f"{r.ms_per_note:.2f} ms/note ({r.calls} calls)",
-                                                  file=sys.stderr, flush=True))
-    table = markdown_table(rows)
+    rows = run_benchmark(args.sizes, args.batches, paths, args.min_time, device=device, gemm=gemm, dtypes=dtypes,
+                         progress=lambda r: print(f"  {r.size} b{r.batch} {r.label}: " + (
+                             r.error or f"{r.ms_per_note:.2f} ms/note ({r.calls} calls)"),
+                             file=sys.stderr, flush=True))
+    table = markdown_table(rows) + _live_tables(args, device)
     load = f"load average (1 min, {os.cpu_count()} CPUs) before / after: {load_before} / {_load()}"
     print(load, file=sys.stderr)
     print()

@@ -71,6 +71,9 @@ def add_train(sub):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
+                   help="start no epoch that would end past MINUTES from now (judged by the last "
+                        "epoch's time); the state is saved, --resume goes on (default: no limit)")
     p.add_argument("--init-from", default="", metavar="CKPT",
                    help="start from this checkpoint's weights (same size and instruments), e.g. the "
                         "shipped model with --epochs 0,0,N to train it further end to end")
@@ -86,6 +89,7 @@ def run_train(args) -> int:
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,
+        time_limit=args.time_limit,
         metadata={"command": " ".join(sys.argv)})
     path = train(settings, resume=args.resume)
     print(f"model: {path}")

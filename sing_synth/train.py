@@ -69,6 +69,8 @@ class TrainSettings:
     device: str = ""                # "" picks the best: cuda, mps, cpu
     init_from: str = ""             # a checkpoint whose weights start the run (same config and
                                     # instruments): training goes on across machines/sessions
+    time_limit: float = 0.0         # minutes: no epoch starts that the last one's time says would
+                                    # end past it (the state is saved; --resume goes on); 0: none
     progress: bool = True
     metadata: dict = field(default_factory=dict)
 
@@ -154,6 +156,7 @@ class Trainer:
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
         self.crop_rng = random.Random(s.seed)
+        self.stopped_early = False        # run() stopped at the time limit
         self._check_crop()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -300,11 +303,18 @@ class Trainer:
         if self.rank == 0:
             self.trim_metrics()
         board = self._tensorboard()
+        deadline = time.monotonic() + 60 * s.time_limit if s.time_limit > 0 else None
+        last_epoch_s = 0.0
         while self.phase < len(PHASES):
             if self.optimizer is None:
                 self.optimizer = self.make_optimizer(self.phase)
             while self.epoch < s.epochs[self.phase]:
+                if self._out_of_time(deadline, last_epoch_s):
+                    self.stopped_early = True
+                    return self._finish()
+                began = time.monotonic()
                 row = self.train_epoch()
+                last_epoch_s = time.monotonic() - began
                 self.epoch += 1
                 if self.rank == 0:
                     self._write_rows([row], "a")
@@ -315,12 +325,23 @@ class Trainer:
             # the state keeps (phase, its last epoch): resumed with more epochs, a finished run
             # goes on training its last phase (a later session, a longer schedule)
             self.phase, self.epoch, self.optimizer = self.phase + 1, 0, None
+        return self._finish()
+
+    def _finish(self) -> Path:
         if self.rank == 0 and not (self.out / MODEL_FILE).exists():     # a run of no epochs
             atomic_save(model_payload(self.model, self.instruments, self.run_metadata()),
                         self.out / MODEL_FILE)
         if self.distributed:
             dist.barrier()
         return self.out / MODEL_FILE
+
+    def _out_of_time(self, deadline, last_epoch_s: float) -> bool:
+        """Whether the next epoch, as long as the last one, would end past ``deadline``; every
+        rank stops if one would (their clocks differ a little)."""
+        if deadline is None:
+            return False
+        late = time.monotonic() + last_epoch_s > deadline
+        return self._sum(1.0 if late else 0.0) > 0
 
     def _tensorboard(self):
         if self.rank != 0:
@@ -436,7 +457,11 @@ def train(settings: TrainSettings, resume: bool = False) -> Path:
     """Runs (or resumes) the three phases; returns the path of the trained model checkpoint."""
     trainer = Trainer(settings)
     try:
-        return trainer.run(resume)
+        path = trainer.run(resume)
+        if trainer.stopped_early and trainer.rank == 0:
+            print(f"time limit: stopped before {PHASES[trainer.phase]} epoch {trainer.epoch + 1}; "
+                  f"--resume goes on from there")
+        return path
     finally:
         if trainer.distributed:
             dist.destroy_process_group()

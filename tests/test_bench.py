@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `bench` lives beside the package, not inside it
     sys.path.insert(0, str(ROOT))
 
-from bench.render import Row, main, markdown_table, model_flops, run_benchmark, time_calls  # noqa: E402
+from bench.render import Row, default_paths, main, markdown_table, model_flops, run_benchmark, time_calls, variants  # noqa: E402
 from sing_synth.config import SIZES, named_config  # noqa: E402
 
 
@@ -62,6 +62,28 @@ def test_run_benchmark_rows(one_thread):
     assert rows[1].label.startswith("fast (") and rows[1].dtype in rows[1].label
     table = markdown_table(rows).splitlines()
     assert len(table) == 2 + len(rows)
+
+
+def test_graphed_path_runs_and_a_failed_row_is_reported(one_thread, monkeypatch):
+    gemm = {torch.float32: 1e11}
+    rows = run_benchmark(["small"], [2], ["fast", "graphed"], min_time=0, gemm=gemm, dtypes=[torch.float32])
+    assert [r.label for r in rows] == ["fast (fp32)", "graphed (fp32)"] and not any(r.error for r in rows)
+
+    def fail(*args):
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+    monkeypatch.setattr("bench.render._time_row", fail)
+    failed = run_benchmark(["small"], [1], ["fast"], min_time=0, gemm=gemm, dtypes=[torch.float32])
+    assert failed[0].error == "RuntimeError: CUDA out of memory."
+    line = markdown_table(failed).splitlines()[-1]
+    assert "failed, RuntimeError: CUDA out of memory." in line and line.endswith("| - | - | - | - |")
+
+
+def test_paths_and_dtypes_to_time():
+    assert default_paths("cpu") == ("reference", "fast")
+    assert variants(["reference", "graphed"], (torch.bfloat16, torch.float16)) == [
+        ("reference", torch.float32), ("graphed", torch.bfloat16), ("graphed", torch.float16)]
+    with pytest.raises(ValueError):
+        variants(["compiled"], (torch.float32,))
 
 
 def test_command_line_prints_table_and_writes_markdown(tmp_path, capsys, one_thread):

@@ -140,6 +140,31 @@ def test_finished_run_trains_on_with_more_epochs(short_dataset, tmp_path):
         (PHASES[0], 1), (PHASES[1], 1), (PHASES[2], 1), (PHASES[2], 2), (PHASES[2], 3)]
 
 
+def test_time_limit_stops_before_an_epoch_that_would_not_fit_and_resumes(short_dataset, tmp_path, monkeypatch):
+    """Each epoch takes 10 s of a fake clock: a 25-s limit trains two epochs (a third would end at
+    30 s), saves them, and --resume goes on where it stopped."""
+    import sing_synth.train as train_module
+    clock = [0.0]
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: clock[0])
+    real_epoch = train_module.Trainer.train_epoch
+
+    def ten_seconds(self):
+        clock[0] += 10.0
+        return real_epoch(self)
+    monkeypatch.setattr(train_module.Trainer, "train_epoch", ten_seconds)
+    tiny = dict(lstm_hidden=16, lstm_layers=1, channels=32, steps=STEPS, batch_size=(8, 8, 8),
+                progress=False, amp=False)
+    run = tmp_path / "run"
+    settings = TrainSettings(data=str(short_dataset), out=str(run), epochs=(2, 2, 2), time_limit=25 / 60, **tiny)
+    assert train(settings).exists()
+    assert [(r["phase"], int(r["epoch"])) for r in read_metrics(run)] == [(PHASES[0], 1), (PHASES[0], 2)]
+    state = torch.load(run / "train_state.pt", map_location="cpu", weights_only=True)["training"]
+    assert (state["phase"], state["epoch"]) == (0, 2)
+    clock[0] = 0.0
+    train(settings, resume=True)
+    assert [(r["phase"], int(r["epoch"])) for r in read_metrics(run)][2:] == [(PHASES[1], 1), (PHASES[1], 2)]
+
+
 def test_init_from_continues_a_finished_model(short_dataset, tmp_path):
     """A later session goes on training a shipped (fp16) model end to end: the run starts from its
     weights, and a checkpoint of another size is refused in one line."""

@@ -29,6 +29,7 @@ the notes currently sounding (at most the mixer's polyphony, ~0.77 MB each at 48
 """
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import os
@@ -48,7 +49,8 @@ from ..device import resolve_device
 from ..fast import FastRenderer, best_dtype
 
 URGENT, PREWARM = 0, 1
-PREWARM_BATCH = 2     # default notes per prewarm batch
+PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
+GPU_PREWARM_BATCH = 32  # ... and on a GPU, where a batch of 32 costs little more than one note
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
 DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
 HEAD_FRAMES = 32      # an urgent note's head: its first 32 frames (~0.4 s), delivered first
@@ -327,9 +329,9 @@ class NoteRenderer(WorkerQueue):
         on_ready: ``f(key, array)`` called on the worker thread for every note rendered
             (see also `add_ready_callback`).
         dtype: compute dtype of the fast path; default `fast.best_dtype(device)`.
-        prewarm_batch_size: notes per prewarm batch (default ``min(2, batch_size)``: on a CPU,
+        prewarm_batch_size: notes per prewarm batch (default ``min(2, batch_size)`` on a CPU:
             batch 2 renders within ~10% of batch 8's notes/s, and a small batch keeps each
-            rendering step short).
+            rendering step short; 32 on a GPU).
         threads: torch (OpenMP) threads of the worker; default `default_threads`, which leaves
             one core to the audio and MIDI threads; 0 keeps torch's setting.
         lstm_chunks, decoder_chunk: the steps a batch renders in (`FastRenderer.stages`).
@@ -369,7 +371,9 @@ class NoteRenderer(WorkerQueue):
         self.model_rate = int(self.config.sample_rate)
         self.stream_rate = int(stream_rate)
         self.batch_size = max(1, int(batch_size))
-        self.prewarm_batch_size = max(1, int(prewarm_batch_size or min(PREWARM_BATCH, self.batch_size)))
+        if not prewarm_batch_size:
+            prewarm_batch_size = min(PREWARM_BATCH, self.batch_size) if self.device.type == "cpu" else GPU_PREWARM_BATCH
+        self.prewarm_batch_size = max(1, int(prewarm_batch_size))
         self.threads = default_threads() if threads is None else max(0, int(threads))
         self.lstm_chunks = max(1, int(lstm_chunks))
         self.decoder_chunk = max(1, int(decoder_chunk))
@@ -547,6 +551,18 @@ class NoteRenderer(WorkerQueue):
             torch.set_num_threads(self.threads)    # OpenMP's team size is per thread: ours only
         if not urgent_only:
             self._nice = ThreadNice()
+        with self._stream(urgent_only):
+            self._loop(urgent_only)
+
+    def _stream(self, urgent_only: bool):
+        """On CUDA each thread queues its kernels on its own stream, the urgent lane's at high
+        priority: on one stream a pressed key's kernels would wait behind the prewarm step's."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        low, high = torch.cuda.Stream.priority_range()
+        return torch.cuda.stream(torch.cuda.Stream(self.device, priority=high if urgent_only else low))
+
+    def _loop(self, urgent_only: bool) -> None:
         while True:
             with self._cond:
                 while not self._closed and not (self._urgent_top() if urgent_only else self._queued):
