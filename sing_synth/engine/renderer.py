@@ -46,11 +46,12 @@ import torch
 
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..device import resolve_device
-from ..fast import FastRenderer, best_dtype
+from ..fast import FastRenderer, GraphedRenderer, best_dtype
 
 URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
 GPU_PREWARM_BATCH = 32  # ... and on a GPU, where a batch of 32 costs little more than one note
+GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)   # batch sizes of the CUDA graphs (`graphs`)
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
 DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
 HEAD_FRAMES = 32      # an urgent note's head: its first 32 frames (~0.4 s), delivered first
@@ -344,6 +345,10 @@ class NoteRenderer(WorkerQueue):
             or the device is not the CPU).  Without it a key pressed during prewarming waits for
             the step under way: a decoder step is weight-bandwidth bound, 6-15 ms for the small
             model at batch 2 on one core here, which put the not-cached p99 above 30 ms.
+        graphs: render whole batches from CUDA graphs (`fast.GraphedRenderer`, one set per
+            thread) instead of in steps (default: on CUDA).  On an H100 a whole small note takes
+            ~2 ms from a graph, where the eager head alone took ~6 ms of kernel launches; an
+            urgent note's head is still handed over before the rest is resampled.
 
     Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
     prewarm notes rendered with it); a prewarm batch holds prewarm requests.  A prewarm batch
@@ -360,7 +365,7 @@ class NoteRenderer(WorkerQueue):
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
                  on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
                  lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES,
-                 urgent_lane=None):
+                 urgent_lane=None, graphs=None):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -383,6 +388,8 @@ class NoteRenderer(WorkerQueue):
         self._ids = {name: idx for idx, name in self.instruments.items()}
         # FastRenderer copies the weights onto the device; the checkpoint's model stays put
         self.fast = FastRenderer(checkpoint.model.eval(), dtype=self.dtype, device=self.device)
+        self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
+        self._graphed = {}                 # thread id -> its GraphedRenderer (static buffers)
         self.note_length = int(round(self.config.length * self.stream_rate / self.model_rate))
 
         self._callbacks = [on_ready] if on_ready is not None else []
@@ -591,6 +598,8 @@ class NoteRenderer(WorkerQueue):
             nice.set(previous)
 
     def _run_steps(self, batch, preempt: bool) -> None:
+        if self.graphs:
+            return self._run_graphed(batch, preempt)
         notes = error = None
         filling = None
         spent = 0.0
@@ -632,6 +641,28 @@ class NoteRenderer(WorkerQueue):
             for f in filling or ():
                 self._cut_note(f)
         self._deliver(batch, notes, error, spent, started=filling is not None)
+
+    def _run_graphed(self, batch, preempt: bool) -> None:
+        """The whole batch from this thread's CUDA graphs; an urgent batch's heads are handed
+        over first (`_start_notes`), then each note is finished (resampled) behind its head."""
+        notes = error = filling = None
+        t0 = time.perf_counter()
+        try:
+            graphed = self._graphed.get(threading.get_ident())
+            if graphed is None:
+                graphed = self._graphed[threading.get_ident()] = GraphedRenderer(self.fast, GRAPH_BUCKETS)
+            with torch.inference_mode():
+                waves = graphed(*self._inputs(batch)).float().cpu().numpy()
+            if not preempt and self.head_frames:
+                filling = self._start_notes(batch, waves[:, :self.head_frames * self.config.stride])
+                notes = [self._finish_note(f, w) for f, w in zip(filling, waves)]
+            else:
+                notes = [self._prepare(w) for w in waves]
+        except Exception as exc:   # a failed batch is reported, never kills the worker
+            error, notes = exc, None
+            for f in filling or ():
+                self._cut_note(f)
+        self._deliver(batch, notes, error, time.perf_counter() - t0, started=filling is not None)
 
     def _start_notes(self, batch, heads) -> list:
         """Heads of an urgent batch (model rate): each note's array, stream-rate, its head written

@@ -242,10 +242,12 @@ def test_close_while_a_prewarm_batch_renders_stops_at_the_next_step(tiny_checkpo
     assert renderer.status()["errors"] == 0
 
 
-def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, one_thread):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, one_thread, graphs):
     """An urgent note reaches the callbacks (and `request`) once its head is rendered, its tail
     still zeros; when complete it is the same array, read-only, cached, and equal to a whole-note
-    render."""
+    render.  With ``graphs`` (CUDA's path; eager buckets on a CPU) the whole note is rendered at
+    once and its head handed over before the rest is resampled."""
     seen = {}
 
     def on_ready(key, note):
@@ -257,7 +259,7 @@ def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, on
         seen["note"] = note
 
     with NoteRenderer(tiny_checkpoint, device="cpu", stream_rate=48000, on_ready=on_ready,
-                      dtype=torch.float32, head_frames=32) as renderer:
+                      dtype=torch.float32, head_frames=32, graphs=graphs) as renderer:
         key = (instrument_key("flute"), 60, 3)
         assert renderer.request(key) is None
         assert renderer.wait_idle(timeout=60)
@@ -272,15 +274,18 @@ def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, on
     assert status["rendered"] == 1 and status["errors"] == 0 and len(renderer.urgent_delays_ms) == 1
 
 
-def test_head_first_off_and_for_prewarm(tiny_checkpoint, one_thread):
+@pytest.mark.parametrize("graphs", [False, True])
+def test_head_first_off_and_for_prewarm(tiny_checkpoint, one_thread, graphs):
     recorder = Recorder()
     with NoteRenderer(tiny_checkpoint, device="cpu", on_ready=recorder, dtype=torch.float32,
-                      head_frames=0) as renderer:
+                      head_frames=0, graphs=graphs) as renderer:
         renderer.request((instrument_key(0), 60, 3))
-        renderer.prewarm([(instrument_key(0), 61, 3)])
+        renderer.prewarm([(instrument_key(0), 61, 3), (instrument_key(0), 62, 3)])
         assert renderer.wait_idle(timeout=60)
-        assert renderer.status()["rendered"] == 2
-    assert len(recorder.keys) == 2                              # one callback per note
+        assert renderer.status()["rendered"] == 3
+        whole = renderer._render([(instrument_key(0), 62, 3)])[0]
+        np.testing.assert_allclose(renderer.get((instrument_key(0), 62, 3)), whole, atol=1e-6)
+    assert len(recorder.keys) == 3                              # one callback per note
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
