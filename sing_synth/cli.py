@@ -32,6 +32,21 @@ def names(text: str) -> tuple:
     return tuple(v for v in text.split(",") if v)
 
 
+def weights(text: str) -> tuple:
+    """``NAME=W,NAME=W`` -> ((NAME, W), ...)."""
+    pairs = []
+    for item in names(text):
+        name, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = None
+        if not sep or not name or weight is None:
+            raise argparse.ArgumentTypeError(f"expected NAME=WEIGHT[,NAME=WEIGHT...], got {item!r}")
+        pairs.append((name, weight))
+    return tuple(pairs)
+
+
 # --- train ---------------------------------------------------------------------------------------
 
 def add_train(sub):
@@ -71,6 +86,11 @@ def add_train(sub):
     p.add_argument("--device", default="", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last epoch")
+    p.add_argument("--oversample", type=weights, default=(), metavar="NAME=W[,NAME=W]",
+                   help="draw notes of instruments whose name contains NAME W times as often "
+                        "(with replacement; e.g. marimba=4 for an instrument the model fits badly)")
+    p.add_argument("--epoch-notes", type=int, default=0, metavar="N",
+                   help="notes drawn per epoch with --oversample (default: the train split's size)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
                    help="start no epoch that would end past MINUTES from now (judged by the last "
                         "epoch's time); the state is saved, --resume goes on (default: no limit)")
@@ -89,7 +109,7 @@ def run_train(args) -> int:
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,
-        time_limit=args.time_limit,
+        time_limit=args.time_limit, oversample=args.oversample, epoch_notes=args.epoch_notes,
         metadata={"command": " ".join(sys.argv)})
     path = train(settings, resume=args.resume)
     print(f"model: {path}")

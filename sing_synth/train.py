@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from .checkpoint import atomic_save, checkpoint_from_payload, model_payload, load_checkpoint
 from .config import named_config
@@ -69,6 +69,9 @@ class TrainSettings:
     device: str = ""                # "" picks the best: cuda, mps, cpu
     init_from: str = ""             # a checkpoint whose weights start the run (same config and
                                     # instruments): training goes on across machines/sessions
+    oversample: tuple = ()          # ((instrument name part, weight), ...): notes of matching
+                                    # instruments are drawn `weight` times as often (with replacement)
+    epoch_notes: int = 0            # notes drawn per epoch when oversampling (0: the train set's size)
     time_limit: float = 0.0         # minutes: no epoch starts that the last one's time says would
                                     # end past it (the state is saved; --resume goes on); 0: none
     progress: bool = True
@@ -158,6 +161,7 @@ class Trainer:
         self.crop_rng = random.Random(s.seed)
         self.stopped_early = False        # run() stopped at the time limit
         self._check_crop()
+        self._check_oversample()
 
     # --- set-up -------------------------------------------------------------------------------
     def _init_distributed(self):
@@ -198,7 +202,35 @@ class Trainer:
             raise UserError(f"--crop {frames}: a crop must make at least {max(self.settings.resolutions)} "
                             f"samples (the largest STFT) and fit in a note")
 
+    def note_weights(self, dataset) -> list:
+        """Each note's sampling weight under ``oversample``: the largest weight among the name
+        parts its instrument contains, else 1."""
+        weights = []
+        for note in dataset.notes:
+            matched = [w for part, w in self.settings.oversample if part in note.instrument_str]
+            weights.append(max(matched, default=1.0))
+        return weights
+
+    def _check_oversample(self):
+        s = self.settings
+        if not s.oversample:
+            return
+        if self.distributed:
+            raise UserError("--oversample: not with several processes (torchrun); train on one")
+        names = {n.instrument_str for n in self.train_set.notes}
+        for part, weight in s.oversample:
+            if weight <= 0 or not any(part in name for name in names):
+                raise UserError(f"--oversample {part}={weight:g}: " + (
+                    "the weight must be positive" if weight <= 0 else "no instrument of the train split has that name part"))
+
     def loader(self, dataset, batch_size, epoch_key, shuffle):
+        if shuffle and self.settings.oversample:
+            generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch_key)
+            sampler = WeightedRandomSampler(self.note_weights(dataset),
+                                            self.settings.epoch_notes or len(dataset),
+                                            replacement=True, generator=generator)
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
+                              num_workers=self.settings.workers, drop_last=False)
         sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank,
                                      shuffle=shuffle, seed=self.settings.seed, drop_last=False)
         sampler.set_epoch(epoch_key)

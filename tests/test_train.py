@@ -165,6 +165,32 @@ def test_time_limit_stops_before_an_epoch_that_would_not_fit_and_resumes(short_d
     assert [(r["phase"], int(r["epoch"])) for r in read_metrics(run)][2:] == [(PHASES[1], 1), (PHASES[1], 2)]
 
 
+def test_oversample_draws_the_named_instrument_more_often(short_dataset, tmp_path):
+    from sing_synth.train import Trainer
+    tiny = dict(lstm_hidden=16, lstm_layers=1, channels=32, steps=STEPS, progress=False, amp=False)
+    trainer = Trainer(TrainSettings(data=str(short_dataset), out=str(tmp_path / "r"), oversample=(("_002", 8.0),),
+                                    epoch_notes=3000, **tiny))
+    drawn = [int(i) for _, inst, _, _ in trainer.loader(trainer.train_set, 100, 7, True) for i in inst]
+    assert len(drawn) == 3000
+    share = drawn.count(2) / len(drawn)
+    counts = [sum(n.instrument == k for n in trainer.train_set.notes) for k in range(3)]
+    expected = 8 * counts[2] / (counts[0] + counts[1] + 8 * counts[2])
+    assert abs(share - expected) < 0.05 and share > 0.6
+    again = [int(i) for _, inst, _, _ in trainer.loader(trainer.train_set, 100, 7, True) for i in inst]
+    assert again == drawn                                     # seeded by (seed, epoch): resumable
+    plain = [int(i) for _, inst, _, _ in trainer.loader(trainer.valid_set, 100, 0, False) for i in inst]
+    assert len(plain) == len(trainer.valid_set)               # validation is never resampled
+
+
+def test_oversample_of_an_unknown_instrument_is_refused(short_dataset, tmp_path):
+    command = train_command(short_dataset, tmp_path / "r", "--epochs", "0,0,1", "--oversample", "marimba=4")
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "marimba" in refused.stderr
+    bad = subprocess.run(train_command(short_dataset, tmp_path / "s", "--oversample", "marimba"),
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "NAME=WEIGHT" in bad.stderr
+
+
 def test_init_from_continues_a_finished_model(short_dataset, tmp_path):
     """A later session goes on training a shipped (fp16) model end to end: the run starts from its
     weights, and a checkpoint of another size is refused in one line."""
