@@ -47,6 +47,8 @@ def parse_args(argv=None):
                         "a random-weights model of its config)")
     p.add_argument("--notes", type=int, default=None, help="notes per latency row (default 200; quick 20)")
     p.add_argument("--soak-s", type=float, default=None, help="soak seconds (default 60; quick 10)")
+    p.add_argument("--soak-runs", type=int, default=None,
+                   help="soaks of each synth, alternating (default 3; quick 1)")
     p.add_argument("--markdown", default=None, metavar="OUT.md", help="also write the report here")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads of the render part (default: torch's, one per core); give "
@@ -57,6 +59,8 @@ def parse_args(argv=None):
         p.error("--threads must be >= 1")
     if args.notes is not None and args.notes < 1:
         p.error("--notes must be >= 1")
+    if args.soak_runs is not None and args.soak_runs < 1:
+        p.error("--soak-runs must be >= 1")
     if args.soak_s is not None and args.soak_s <= 0:
         p.error("--soak-s must be > 0")
     return args
@@ -73,6 +77,7 @@ def settings(args) -> dict:
         "voices": [1, 16, 128] if quick else [1, 8, 16, 32, 64, 128, 256],
         "blocks": 300 if quick else 2000,
         "soak_s": args.soak_s or (10.0 if quick else 60.0),
+        "soak_runs": args.soak_runs or (1 if quick else 3),
         "cpu_s": 3.0 if quick else 10.0,
         "runs": 1 if quick else 3,
         "caches": [16] if quick else [64, 256, 1024],
@@ -138,8 +143,7 @@ def run_latency(s, checkpoint) -> dict:
 def run_mixer(s, checkpoint) -> dict:
     from . import mixer
     sweep = mixer.sweep(s["voices"], blocks=s["blocks"])
-    soak = [common.isolated(mixer.soak, checkpoint, s["soak_s"], synth=synth)   # a JACK server each
-            for synth in ("sing", "fluidsynth")]
+    soak = mixer.soak_runs(checkpoint, s["soak_s"], s["soak_runs"])   # a JACK server each
     cpu = common.isolated(mixer.cpu_use, checkpoint, seconds=s["cpu_s"])
     text = "\n".join([
         f"Callback time, `Mixer.callback` called directly ({s['blocks']} blocks of 256 frames at "
@@ -150,10 +154,15 @@ def run_mixer(s, checkpoint) -> dict:
         "",
         "Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
         "every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
-        "FluidSynth through the same schedule (its organ), a sample player for comparison; which "
-        "client was late in each xrun, from jackd's log. sing-synth applies MIDI and mixer events "
-        "only in the first quarter of each period (`jack_io.MIDI_BUDGET`, `Mixer.event_budget`): "
-        "a re-struck 128-note chord is 256 messages, spread over a few periods:",
+        "FluidSynth through the same schedule (its organ), a sample player for comparison; the "
+        "two alternate, each run its own server.  Which client was late in each xrun, and in "
+        "what state, from jackd's log: 'Triggered' means the client's thread had not yet started "
+        "the cycle at the deadline (not scheduled in time), 'Running' that its callback overran.  "
+        "Steal: time the hypervisor gave this VM's CPUs to others during the soak; run-queue wait: "
+        "time the synth's real-time threads were ready but not running (/proc schedstat).  "
+        "sing-synth applies MIDI and mixer events only in the first quarter of each period "
+        "(`jack_io.MIDI_BUDGET`, `Mixer.event_budget`): a re-struck 128-note chord is 256 "
+        "messages, spread over a few periods:",
         "",
         mixer.soak_markdown(soak),
         "",
@@ -191,6 +200,7 @@ def _verdict(ok) -> str:
 
 def targets(results) -> list:
     """(target, measured, verdict) rows from whatever parts ran."""
+    from . import mixer
     rows = []
     mix = results.get("mixer")
     if mix:
@@ -201,13 +211,16 @@ def targets(results) -> list:
                          ", ".join(f"{'rate 1' if r['mode'] == 'rate1' else r['mode']} "
                                    f"{r['p99_pct']:.1f}%" for r in at128),
                          _verdict(worst["p99_pct"] <= 10.0)))
-        soak, *reference = mix["soak"]
-        fluid = (f"; FluidSynth late {reference[0]['synth_late']} times on the same schedule"
-                 if reference else "")
-        rows.append((f"mixer: 0 xruns in a {soak['seconds']:g} s soak, 128 voices, prewarm running",
-                     f"JACK counted {soak['xruns']}: sing-synth late {soak['synth_late']} times, "
-                     f"the bench's MIDI sender {soak['others_late']}{fluid}",
-                     _verdict(soak["synth_late"] == 0)))
+        soaks = [r for r in mix["soak"] if r["synth"] == "sing-synth"]
+        fluid = mixer.late_summary(mix["soak"], "FluidSynth")
+        triggered = sum(r.get("late_states", {}).get("Triggered", 0) for r in soaks)
+        late = sum(r["synth_late"] for r in soaks)
+        rows.append((f"mixer: 0 xruns in a {soaks[0]['seconds']:g} s soak, 128 voices, prewarm running",
+                     f"sing-synth late in {len(soaks)} run(s): {mixer.late_summary(mix['soak'], 'sing-synth')}"
+                     + (f", {triggered} of the {late} not yet started (Triggered)" if late else "")
+                     + f"; the bench's MIDI sender {sum(r['others_late'] for r in soaks)}"
+                     + (f"; FluidSynth late {fluid} on the same schedule" if fluid else ""),
+                     _verdict(late == 0)))
     lat = results.get("latency")
     if lat:
         by = {(r.synth, r.case, r.period): r for r in lat["results"]}

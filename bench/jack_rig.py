@@ -222,6 +222,9 @@ class MidiSender:
         self.frames: list[int] = []
         self.count = 0              # events queued so far
         self.dropped = 0            # events larger than the port can ever hold
+        self.finish_max = 0         # latest frame of a cycle at which the callback returned
+        self.finish_late = 0        # cycles it returned past half the period: the clients after
+                                    # it (the synth) had less than half a period left
         self.client.set_process_callback(self._process)
         self.client.activate()
 
@@ -245,6 +248,9 @@ class MidiSender:
             q.popleft()
             self.frames.append(t)
             n += 1
+        done = self.client.frames_since_cycle_start
+        self.finish_max = max(self.finish_max, done)
+        self.finish_late += done > frames // 2
 
     def connect(self, midi_input):
         if not any(p.name == midi_input for p in self.client.get_all_connections(self.port)):
@@ -295,6 +301,49 @@ class MidiSender:
 
     def close(self):
         self.client.deactivate()
+        self.client.close()
+
+
+class RtMidiSender:
+    """A JACK MIDI output through python-rtmidi's JACK API.  RtMidi's process callback is C++:
+    it never waits for this process's GIL, as `MidiSender`'s Python callback can (up to the
+    interpreter's 5 ms switch interval while another thread runs), which delays every client
+    after it in the graph.  A MIDI source of a real set-up (a DAW, a2jmidid) is such a C client.
+    ``send`` queues at once; no frame times are kept (`MidiSender` does, for latencies)."""
+
+    note_on, note_off, cc = (staticmethod(f) for f in (MidiSender.note_on, MidiSender.note_off, MidiSender.cc))
+    program, bend = staticmethod(MidiSender.program), staticmethod(MidiSender.bend)
+
+    def __init__(self, name="e2e-rtmidi"):
+        import rtmidi
+        self.client = jack_client(name + "-ports")     # never activated: ports and connections
+        before = set(p.name for p in self.client.get_ports(is_midi=True, is_output=True))
+        self.out = rtmidi.MidiOut(rtmidi.API_UNIX_JACK, name=name)
+        self.out.open_virtual_port("out")
+        deadline = time.monotonic() + 5.0
+        while True:
+            new = [p.name for p in self.client.get_ports(is_midi=True, is_output=True) if p.name not in before]
+            if new or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not new:
+            raise RuntimeError("rtmidi's JACK MIDI output port did not appear")
+        self.port = new[0]
+        self.count = 0
+
+    def connect(self, midi_input):
+        if not any(p.name == midi_input for p in self.client.get_all_connections(self.port)):
+            self.client.connect(self.port, midi_input)
+
+    def send(self, *messages, wait=True, timeout=10.0):
+        for m in messages:
+            self.out.send_message(list(bytes(m)))
+            self.count += 1
+        return None
+
+    def close(self):
+        self.out.close_port()
+        del self.out
         self.client.close()
 
 

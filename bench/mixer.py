@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -88,25 +90,35 @@ def last_value(synth, key):
 
 
 # ------------------------------------------------------------------------------------ soak
-def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=common.log) -> dict:
+SENDERS = ("rtmidi", "python")
+
+
+def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender="rtmidi",
+         log=common.log) -> dict:
     """``voices`` notes held through JACK for ``seconds``, re-struck every 3 s, a program change
     every 4 s on another channel: sing-synth's renderer prewarms meanwhile.  ``synth``
     'fluidsynth' runs FluidSynth through the same schedule (its organ, whose samples loop), for
     comparison.  (A C client alone, jack_metro, is never late here, even with both cores busy:
-    late cycles are the synth's own.)"""
+    late cycles are the synth's own.)  ``sender``: the MIDI source, 'rtmidi' (RtMidi's JACK
+    client, a C++ callback, as a DAW's) or 'python' (`jack_rig.MidiSender`, a Python callback in
+    this process: when it returns late in a cycle, the synth after it is blamed in state
+    'Triggered'; its worst return frame is reported)."""
     from sing_synth.presets import load_presets
     programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
     notes = chord(voices)
     name = "bench-soak" if synth == "sing" else "bench-soak-fluid"
     with common.jack_server(period) as server:
         # no capture client here: the only other client is the MIDI sender
-        sender = R.MidiSender()
+        kind, sender = sender, (R.RtMidiSender() if sender == "rtmidi" else R.MidiSender())
         try:
             with _soak_synth(synth, checkpoint, period, notes, name, sender) as proc:
                 log(f"  soak {synth}: {seconds:.0f} s with {voices} voices")
                 xruns0 = last_value(proc, "xruns") if synth == "sing" else None
                 log_size = server.log_path.stat().st_size
+                sched0, steal0 = rt_schedstat(proc.proc.pid), cpu_steal()
                 voices_seen, queued = _hold(proc, sender, notes, programs, seconds)
+                sched, steal = _delta(rt_schedstat(proc.proc.pid), sched0), cpu_steal() - steal0
+                finish = getattr(sender, "finish_max", None), getattr(sender, "finish_late", None)
                 time.sleep(0.6)                   # the last status line
                 xruns = None if xruns0 is None else (last_value(proc, "xruns") or 0) - xruns0
                 lines = proc.status_lines()
@@ -121,6 +133,10 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", log=com
               "others_late": sum(n for client, n in late.items() if client != name),
               "voices_min": min(voices_seen[5:] or voices_seen) if voices_seen else None,
               "voices_max": max(voices_seen) if voices_seen else None, "presets_queued": queued,
+              "late_states": late_states(server_log, name), "steal_ms": steal, "sender": kind,
+              "sender_finish_pct": None if finish[0] is None else 100.0 * finish[0] / period,
+              "sender_late_finishes": finish[1],
+              "rt_threads": sched[2], "rt_wait_ms": sched[0] / 1e6, "rt_slices": sched[1],
               "last_status": lines[-1] if lines else ""}
     log(f"  soak {synth}: late {result['synth_late']} cycles, xruns {xruns}")
     return result
@@ -165,6 +181,55 @@ def _hold(proc, sender, notes, programs, seconds) -> tuple:
         if v is not None:
             voices_seen.append(v)
     return voices_seen, k
+
+
+def late_states(log_text, name) -> dict:
+    """{state: cycles} of client ``name``'s late cycles in jackd's log ("... was not finished,
+    state = Triggered"): Triggered means its thread had not even started the cycle by the
+    deadline (the OS, or the hypervisor, did not run it), Running that its callback ran too long."""
+    states = {}
+    for line in log_text.splitlines():
+        if f"client = {name} was not finished" in line:
+            state = line.split("state = ", 1)[1].strip() if "state = " in line else "?"
+            states[state] = states.get(state, 0) + 1
+    return states
+
+
+def cpu_steal() -> float:
+    """Milliseconds the hypervisor ran other guests on this VM's CPUs (``steal`` in /proc/stat,
+    all CPUs); 0 where there is no such counter."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def rt_schedstat(pid) -> tuple:
+    """(ns waited on a run queue, time slices, threads) summed over ``pid``'s real-time
+    (SCHED_FIFO/RR) threads, from /proc/PID/task/TID/schedstat; zeros where unreadable."""
+    wait = slices = threads = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0, 0, 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                policy = int(f.read().rsplit(")", 1)[1].split()[38])
+            if policy not in (1, 2):          # SCHED_FIFO, SCHED_RR
+                continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                _, waited, count = (int(v) for v in f.read().split())
+        except (OSError, ValueError, IndexError):
+            continue
+        wait, slices, threads = wait + waited, slices + count, threads + 1
+    return wait, slices, threads
+
+
+def _delta(after: tuple, before: tuple) -> tuple:
+    return after[0] - before[0], after[1] - before[1], after[2]
 
 
 def late_clients(log_text) -> dict:
@@ -238,15 +303,51 @@ def cpu_markdown(rows, period=256) -> str:
     return common.table(header, body, ["l"] + ["r"] * 4)
 
 
+def soak_runs(checkpoint, seconds=60.0, runs=3, sender="rtmidi", log=common.log) -> list:
+    """``runs`` soaks of each synth, alternating (sing-synth, FluidSynth, sing-synth, ...) so that
+    a bad spell of the machine falls on both; each in its own process and JACK server."""
+    rows = []
+    for run in range(1, runs + 1):
+        for synth in ("sing", "fluidsynth"):
+            row = common.isolated(soak, checkpoint, seconds, synth=synth, sender=sender)
+            row["run"] = run
+            rows.append(row)
+    return rows
+
+
+def late_summary(rows, synth) -> str:
+    """'0, 0, 5 (median 0, worst 5)' over ``synth``'s runs; '' when it has none."""
+    late = [r["synth_late"] for r in rows if r.get("synth") == synth]
+    if not late:
+        return ""
+    text = ", ".join(str(n) for n in late)
+    if len(late) > 1:
+        text += f" (median {statistics.median(late):g}, worst {max(late)})"
+    return text
+
+
+def _states(states: dict) -> str:
+    return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) if states else "-"
+
+
 def soak_markdown(rows) -> str:
-    header = ("synth", "seconds", "voices held", "voices seen", "period", "xruns (JACK's count)",
-              "cycles the synth was late (jackd log)", "cycles the MIDI sender was late",
-              "program changes meanwhile")
-    body = [(r["synth"], common.fmt(r["seconds"]), r["voices"],
+    header = ("synth", "run", "MIDI sender", "seconds", "voices held", "voices seen", "xruns (JACK's count)",
+              "cycles the synth was late (jackd log)", "their state", "cycles the MIDI sender was late",
+              "sender's latest return, % of the period (cycles past 50%)",
+              "steal ms (hypervisor)", "RT threads' run-queue wait ms", "program changes meanwhile")
+    body = [(r["synth"], r.get("run", 1), r.get("sender", "python"), common.fmt(r["seconds"]), r["voices"],
              "-" if r["voices_min"] is None else f"{r['voices_min']}..{r['voices_max']}",
-             r["period"], "-" if r["xruns"] is None else r["xruns"], r["synth_late"],
-             r["others_late"], r["presets_queued"]) for r in rows]
-    return common.table(header, body, ["l"] + ["r"] * 8)
+             "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _states(r.get("late_states", {})),
+             r["others_late"], _finish(r), common.fmt(r.get("steal_ms", 0.0)),
+             f"{common.fmt(r.get('rt_wait_ms', 0.0))} ({r.get('rt_threads', 0)} threads)",
+             r["presets_queued"]) for r in rows]
+    return common.table(header, body, ["l", "r", "l"] + ["r"] * 5 + ["l"] + ["r"] * 5)
+
+
+def _finish(row) -> str:
+    if row.get("sender_finish_pct") is None:
+        return "- (C++ callback)"
+    return f"{common.fmt(row['sender_finish_pct'])} ({row['sender_late_finishes']})"
 
 
 def main(argv=None) -> int:
@@ -254,16 +355,20 @@ def main(argv=None) -> int:
     p.add_argument("--voices", type=int, nargs="+", default=[1, 8, 16, 32, 64, 128, 256])
     p.add_argument("--blocks", type=int, default=2000)
     p.add_argument("--soak-s", type=float, default=60.0)
+    p.add_argument("--soak-runs", type=int, default=3)
+    p.add_argument("--soak-sender", choices=SENDERS, default="rtmidi",
+                   help="the soak's MIDI source: rtmidi (a C++ JACK client, default) or python "
+                        "(the latency bench's sender, a Python JACK callback)")
     p.add_argument("--cpu-s", type=float, default=10.0)
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args(argv)
-    if min(args.voices) < 1 or args.blocks < 10 or args.soak_s <= 0 or args.cpu_s <= 0:
-        p.error("--voices >= 1, --blocks >= 10, --soak-s and --cpu-s > 0")
+    if min(args.voices) < 1 or args.blocks < 10 or args.soak_s <= 0 or args.cpu_s <= 0 or args.soak_runs < 1:
+        p.error("--voices >= 1, --blocks >= 10, --soak-runs >= 1, --soak-s and --cpu-s > 0")
 
     def text():
         ckpt, label = common.bench_checkpoint(args.checkpoint)
         rows = sweep(args.voices, blocks=args.blocks)
-        s = [common.isolated(soak, ckpt, args.soak_s, synth=synth) for synth in ("sing", "fluidsynth")]
+        s = soak_runs(ckpt, args.soak_s, args.soak_runs, sender=args.soak_sender)
         cpu = common.isolated(cpu_use, ckpt, seconds=args.cpu_s)
         return f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}"
     return common.print_or_error(text)

@@ -1,4 +1,5 @@
 """The rendering benchmark: analytic FLOP counts and a short run of the table."""
+import os
 import re
 import sys
 from pathlib import Path
@@ -150,6 +151,11 @@ def test_mixer_sweep_rows_and_late_clients():
            "JackEngine::XRun: client = e2e-midi was not finished, state = Triggered\n"
            "JackEngine::XRun: client = bench-soak was not finished, state = Triggered\n")
     assert mixer.late_clients(log) == {"bench-soak": 2, "e2e-midi": 1}
+    assert mixer.late_states(log, "bench-soak") == {"Running": 1, "Triggered": 1}
+    assert mixer.late_states(log, "bench-soak-fluid") == {}
+    assert mixer.cpu_steal() >= 0
+    wait, slices, threads = mixer.rt_schedstat(os.getpid())      # pytest runs no real-time thread
+    assert (wait, slices, threads) == (0, 0, 0)
     assert len(mixer.chord(128)) == 128 and len(set(mixer.chord(128))) == 128
 
 
@@ -159,13 +165,24 @@ def test_targets_table_from_results():
            latency.Latencies("sing-synth", "not cached, idle renderer", 256, [1000] * 9 + [2000])]
     results = {"latency": {"results": lat},
                "mixer": {"sweep": [{"voices": 128, "mode": "mixed", "p99_pct": 7.0}],
-                         "soak": [{"seconds": 60, "xruns": 1, "synth_late": 0, "others_late": 1},
-                                  {"seconds": 60, "xruns": None, "synth_late": 2, "others_late": 0}]}}
+                         "soak": [{"synth": "sing-synth", "seconds": 60, "xruns": 1, "synth_late": 0, "others_late": 1},
+                                  {"synth": "FluidSynth", "seconds": 60, "xruns": None, "synth_late": 2, "others_late": 0},
+                                  {"synth": "sing-synth", "seconds": 60, "xruns": 0, "synth_late": 0, "others_late": 0},
+                                  {"synth": "FluidSynth", "seconds": 60, "xruns": None, "synth_late": 3, "others_late": 0}]}}
     rows = {target.split(" (")[0]: verdict for target, _, verdict in bench_main.targets(results)}
     assert rows["mixer: 128 voices, p99 <= 10% of a 256-frame period"] == "met"
     assert rows["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"] == "met"
     measured = {target: text for target, text, _ in bench_main.targets(results)}
-    assert "FluidSynth late 2 times" in measured["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
+    soak_text = measured["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
+    assert "late in 2 run(s): 0, 0 (median 0, worst 0)" in soak_text
+    assert "FluidSynth late 2, 3 (median 2.5, worst 3)" in soak_text
+    results["mixer"]["soak"][2].update(synth_late=5, late_states={"Triggered": 4, "Running": 1})
+    missed = {t.split(" (")[0]: (text, v) for t, text, v in bench_main.targets(results)}
+    text, verdict = missed["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
+    assert "missed" in verdict and "0, 5 (median 2.5, worst 5), 4 of the 5 not yet started" in text
+    table = mixer.soak_markdown([dict(results["mixer"]["soak"][2], voices=128, voices_min=128, voices_max=128,
+                                      period=256, presets_queued=15, run=2)])
+    assert "4 Triggered" in table.splitlines()[-1] and "| 2 |" in table.splitlines()[-1]
     assert rows["cached note-on -> sound <= 1 period"] == "met"
     assert "missed" in rows["not-cached note-on -> sound <= 30 ms"]
     assert "| synth |" in latency.markdown(lat)
