@@ -160,7 +160,7 @@ def run_mixer(s, checkpoint) -> dict:
         "the cycle at the deadline (not scheduled in time), 'Running' that its callback overran.  "
         "Steal: time the hypervisor gave this VM's CPUs to others during the soak; run-queue wait: "
         "time the synth's real-time threads were ready but not running (/proc schedstat).  "
-        "sing-synth applies MIDI and mixer events only in the first quarter of each period "
+        "sing-synth applies MIDI and mixer events each only in the first 15% of a period "
         "(`jack_io.MIDI_BUDGET`, `Mixer.event_budget`): a re-struck 128-note chord is 256 "
         "messages, spread over a few periods:",
         "",

@@ -29,7 +29,8 @@ from .errors import UserError, import_or_error
 from .midi import find_port
 
 MAX_EVENTS = 64          # MIDI messages handled per cycle; more wait for the next cycle
-MIDI_BUDGET = 0.25       # share of the period (from its start) spent handling MIDI messages
+MIDI_BUDGET = 0.15       # share of the period (from its start) spent handling MIDI messages
+                         # (three 60-s soaks: callbacks overran 2 periods at 0.25, 1 at 0.15)
 
 
 def _import_jack():

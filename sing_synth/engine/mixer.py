@@ -118,7 +118,7 @@ class Mixer:
     def __init__(self, stream_rate, blocksize_max=4096, polyphony=128, channels=2,
                  master_gain=0.5, release_curve="exp", fade_slots=16, steal_fade=0.005,
                  threshold=0.89, limiter_release=0.25, timing_history=8192, max_events=4096,
-                 event_budget=0.25):
+                 event_budget=0.15):
         if release_curve not in ("exp", "linear"):
             raise ValueError("release_curve: 'exp' or 'linear'")
         self.stream_rate = int(stream_rate)
