@@ -52,6 +52,7 @@ URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
 GPU_PREWARM_BATCH = 32  # ... and on a GPU, where a batch of 32 costs little more than one note
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)   # batch sizes of the CUDA graphs (`graphs`)
+RESAMPLE_CHUNK = 4096   # model-rate samples resampled per soxr call (~0.1 ms holding the GIL)
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
 DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
 HEAD_FRAMES = 32      # an urgent note's head: its first 32 frames (~0.4 s), delivered first
@@ -675,10 +676,7 @@ class NoteRenderer(WorkerQueue):
         is made read-only, and cached, once complete."""
         filling = []
         for wave in heads:
-            resampler = None
-            if self.stream_rate != self.model_rate:    # soxr's stream: the same samples as resample()
-                resampler = soxr.ResampleStream(self.model_rate, self.stream_rate, 1,
-                                                dtype="float32", quality="HQ")
+            resampler = self._resampler() if self.stream_rate != self.model_rate else None
             note = np.zeros(self.note_length, np.float32)
             written = self._append(note, 0, wave, resampler, last=False)
             n_in = min(len(self._fade_in), written)
@@ -700,10 +698,23 @@ class NoteRenderer(WorkerQueue):
     @staticmethod
     def _append(note, written: int, wave, resampler, last: bool) -> int:
         wave = np.nan_to_num(np.asarray(wave, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        out = wave if resampler is None else resampler.resample_chunk(wave, last=last)
-        n = max(0, min(len(out), len(note) - written))
-        note[written:written + n] = out[:n]
-        return written + n
+        if resampler is None:
+            n = max(0, min(len(wave), len(note) - written))
+            note[written:written + n] = wave[:n]
+            return written + n
+        # soxr holds the GIL while it works (~1.7 ms for a whole note here): in short pieces the
+        # audio callback, which needs the GIL every period, never waits long for it
+        for start in range(0, max(len(wave), 1), RESAMPLE_CHUNK):
+            piece = wave[start:start + RESAMPLE_CHUNK]
+            out = resampler.resample_chunk(piece, last=last and start + RESAMPLE_CHUNK >= len(wave))
+            n = max(0, min(len(out), len(note) - written))
+            note[written:written + n] = out[:n]
+            written += n
+        return written
+
+    def _resampler(self):
+        """soxr's stream, model rate -> stream rate: the same samples as ``soxr.resample``."""
+        return soxr.ResampleStream(self.model_rate, self.stream_rate, 1, dtype="float32", quality="HQ")
 
     def _finish_note(self, fill, wave) -> np.ndarray:
         note, resampler, written, consumed = fill
@@ -793,9 +804,12 @@ class NoteRenderer(WorkerQueue):
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:
-        wave = np.nan_to_num(np.asarray(wave, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-        if self.stream_rate != self.model_rate:
-            wave = soxr.resample(wave, self.model_rate, self.stream_rate, quality="HQ")
+        if self.stream_rate != self.model_rate:       # in pieces, as `_append` explains
+            note = np.zeros(self.note_length, np.float32)
+            self._append(note, 0, wave, self._resampler(), last=True)
+            wave = note
+        else:
+            wave = np.nan_to_num(np.asarray(wave, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         wave = np.ascontiguousarray(wave, dtype=np.float32)
         n_in, n_out = min(len(self._fade_in), len(wave)), min(len(self._fade_out), len(wave))
         wave[:n_in] *= self._fade_in[:n_in]
