@@ -331,9 +331,7 @@ class RtMidiSender:
         self.port = new[0]
         self.count = 0
 
-    def connect(self, midi_input):
-        if not any(p.name == midi_input for p in self.client.get_all_connections(self.port)):
-            self.client.connect(self.port, midi_input)
+    connect = MidiSender.connect          # ``self.port`` is the port's name here
 
     def send(self, *messages, wait=True, timeout=10.0):
         for m in messages:

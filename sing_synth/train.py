@@ -229,11 +229,10 @@ class Trainer:
             sampler = WeightedRandomSampler(self.note_weights(dataset),
                                             self.settings.epoch_notes or len(dataset),
                                             replacement=True, generator=generator)
-            return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
-                              num_workers=self.settings.workers, drop_last=False)
-        sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank,
-                                     shuffle=shuffle, seed=self.settings.seed, drop_last=False)
-        sampler.set_epoch(epoch_key)
+        else:
+            sampler = DistributedSampler(dataset, num_replicas=self.world, rank=self.rank,
+                                         shuffle=shuffle, seed=self.settings.seed, drop_last=False)
+            sampler.set_epoch(epoch_key)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler,
                           num_workers=self.settings.workers, drop_last=False)
 

@@ -599,18 +599,20 @@ class NoteRenderer(WorkerQueue):
             nice.set(previous)
 
     def _run_steps(self, batch, preempt: bool) -> None:
-        if self.graphs:
-            return self._run_graphed(batch, preempt)
         notes = error = None
         filling = None
         spent = 0.0
         try:
-            # an urgent batch gives way to nobody: after its head, the rest in one LSTM run and
-            # one decoder pass (each step costs ~1 ms of overhead at batch 1)
-            steps = self.fast.stages(*self._inputs(batch),
-                                     lstm_chunks=self.lstm_chunks if preempt else 1,
-                                     decoder_chunk=self.decoder_chunk if preempt else 1 << 20,
-                                     head_frames=0 if preempt else self.head_frames)
+            head_frames = 0 if preempt else self.head_frames
+            if self.graphs:
+                steps = self._graph_stages(self._inputs(batch), head_frames)
+            else:
+                # an urgent batch gives way to nobody: after its head, the rest in one LSTM run
+                # and one decoder pass (each step costs ~1 ms of overhead at batch 1)
+                steps = self.fast.stages(*self._inputs(batch),
+                                         lstm_chunks=self.lstm_chunks if preempt else 1,
+                                         decoder_chunk=self.decoder_chunk if preempt else 1 << 20,
+                                         head_frames=head_frames)
             while True:
                 t0 = time.perf_counter()
                 try:
@@ -643,27 +645,16 @@ class NoteRenderer(WorkerQueue):
                 self._cut_note(f)
         self._deliver(batch, notes, error, spent, started=filling is not None)
 
-    def _run_graphed(self, batch, preempt: bool) -> None:
-        """The whole batch from this thread's CUDA graphs; an urgent batch's heads are handed
-        over first (`_start_notes`), then each note is finished (resampled) behind its head."""
-        notes = error = filling = None
-        t0 = time.perf_counter()
-        try:
-            graphed = self._graphed.get(threading.get_ident())
-            if graphed is None:
-                graphed = self._graphed[threading.get_ident()] = GraphedRenderer(self.fast, GRAPH_BUCKETS)
-            with torch.inference_mode():
-                waves = graphed(*self._inputs(batch)).float().cpu().numpy()
-            if not preempt and self.head_frames:
-                filling = self._start_notes(batch, waves[:, :self.head_frames * self.config.stride])
-                notes = [self._finish_note(f, w) for f, w in zip(filling, waves)]
-            else:
-                notes = [self._prepare(w) for w in waves]
-        except Exception as exc:   # a failed batch is reported, never kills the worker
-            error, notes = exc, None
-            for f in filling or ():
-                self._cut_note(f)
-        self._deliver(batch, notes, error, time.perf_counter() - t0, started=filling is not None)
+    def _graph_stages(self, inputs, head_frames: int):
+        """`FastRenderer.stages`' protocol from this thread's CUDA graphs (`graphs`): the whole
+        batch in one replay, its head (``head_frames`` frames) yielded first when asked for."""
+        graphed = self._graphed.get(threading.get_ident())
+        if graphed is None:
+            graphed = self._graphed[threading.get_ident()] = GraphedRenderer(self.fast, GRAPH_BUCKETS)
+        waves = graphed(*inputs)
+        if head_frames:
+            yield waves[:, :head_frames * self.config.stride]
+        return waves
 
     def _start_notes(self, batch, heads) -> list:
         """Heads of an urgent batch (model rate): each note's array, stream-rate, its head written
