@@ -334,6 +334,14 @@ class Trainer:
         if self.rank == 0:
             self.trim_metrics()
         board = self._tensorboard()
+        try:
+            return self._run_phases(board)
+        finally:
+            if board:
+                board.close()        # its writer thread flushes the last events
+
+    def _run_phases(self, board) -> Path:
+        s = self.settings
         deadline = time.monotonic() + 60 * s.time_limit if s.time_limit > 0 else None
         last_epoch_s = 0.0
         while self.phase < len(PHASES):
