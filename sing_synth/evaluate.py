@@ -89,8 +89,7 @@ def estimate_f0(wave, sample_rate: int, fmin: float = 25.0, fmax: float = 4200.0
     (errors of ~15 cents, and octave errors when the harmonics are strong); x4 keeps the error
     below a cent.
     """
-    wave = np.asarray(wave, dtype=np.float64).reshape(-1)
-    held = wave[len(wave) // 40: 3 * len(wave) // 4]
+    held = held_part(wave)
     if len(held) == 0 or not np.all(np.isfinite(held)):
         return float("nan")
     rate = sample_rate * oversample
@@ -105,6 +104,41 @@ def estimate_f0(wave, sample_rate: int, fmin: float = 25.0, fmax: float = 4200.0
     if not keep.any():
         return float("nan")
     return float(rate / np.median(periods[keep]))
+
+
+def held_part(wave) -> np.ndarray:
+    """The held part of a note that the pitch measures read: from 1/40 to 3/4 of it."""
+    wave = np.asarray(wave, dtype=np.float64).reshape(-1)
+    return wave[len(wave) // 40: 3 * len(wave) // 4]
+
+
+def offharmonic_db(wave, pitch, sample_rate: int, n_fft: int = 4096, fmax: float = 7500.0) -> float:
+    """Power between the harmonics of the MIDI pitch against the power on them, in dB, over the
+    held part (as `estimate_f0`); nan for silence.
+
+    What it measures is what makes YIN read a note an octave (or a fifth and an octave) low:
+    subharmonics (f0/2, f0/3 ...), SING's frame-rate buzz (multiples of 62.5 Hz) and noise.  A bin
+    is on a harmonic k * f0 within the Hann window's main lobe (2 bins) or 30 cents, whichever is
+    wider (stretched piano partials); the band is 0.4 f0 .. `fmax`.  Hann leakage puts a floor of
+    about -35 dB under a clean harmonic tone.
+    """
+    held = held_part(wave)
+    if len(held) < n_fft or not np.all(np.isfinite(held)):
+        return float("nan")
+    frames = torch.stft(torch.from_numpy(held), n_fft, hop_length=n_fft // 4,
+                        window=torch.hann_window(n_fft, dtype=torch.float64), center=False,
+                        return_complex=True)
+    power = frames.abs().pow(2).sum(-1).numpy()
+    freqs = np.arange(len(power)) * sample_rate / n_fft
+    f0 = midi_frequency(pitch)
+    band = (freqs >= 0.4 * f0) & (freqs <= min(fmax, sample_rate / 2))
+    k = np.maximum(np.round(freqs / f0), 1)
+    width = np.maximum(2 * sample_rate / n_fft, k * f0 * (2 ** (30 / 1200) - 1))
+    on = band & (np.abs(freqs - k * f0) <= width)
+    on_power, off_power = power[on].sum(), power[band & ~on].sum()
+    if on_power <= 1e-12 * max(len(held), 1):
+        return float("nan")
+    return float(10 * np.log10((off_power + 1e-30) / on_power))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +226,11 @@ def _finite(values):
 def _mean(values):
     values = _finite(values)
     return float(values.mean()) if len(values) else float("nan")
+
+
+def _median(values):
+    values = _finite(values)
+    return float(np.median(values)) if len(values) else float("nan")
 
 
 def _pitch_summary(cents: list) -> dict:
@@ -337,6 +376,10 @@ def evaluate(ckpt, data, split: str = "test", seed: int = 0, report=None, n_exam
                 "cents_target": cents_error(estimate_f0(t[0].numpy(), config.sample_rate), note.pitch),
                 "db_sing": rms_db(s[0].numpy()), "db_target": rms_db(t[0].numpy()),
                 "db_baseline": None if b is None else rms_db(b),
+                "offharm_sing": offharmonic_db(s[0].numpy(), note.pitch, config.sample_rate),
+                "offharm_target": offharmonic_db(t[0].numpy(), note.pitch, config.sample_rate),
+                "offharm_baseline": None if b is None else
+                offharmonic_db(b, note.pitch, config.sample_rate),
             }
             rows.append(row)
             if i in examples:
@@ -376,6 +419,9 @@ def _summarise(rows: list) -> dict:
         pool = with_baseline if who == "baseline" else rows
         pitch = _pitch_summary([r[f"cents_{who}"] for r in pool])
         summary.update({f"{key}_{who}": value for key, value in pitch.items()})
+    for who in ("sing", "baseline", "target"):
+        pool = with_baseline if who == "baseline" else rows
+        summary[f"offharm_db_{who}"] = _median([r[f"offharm_{who}"] for r in pool])
     per_velocity = []
     for velocity in sorted({r["velocity"] for r in rows}):
         group = [r for r in rows if r["velocity"] == velocity]
@@ -390,7 +436,26 @@ def _summarise(rows: list) -> dict:
     summary["db_error_per_velocity"] = (float(np.mean(np.abs(db_s - db_t)))
                                         if len(db_s) == len(db_t) == len(per_velocity) and db_s.size
                                         else float("nan"))
-    return {"summary": summary, "per_velocity": per_velocity, "notes": rows}
+    return {"summary": summary, "per_velocity": per_velocity, "per_instrument": _per_instrument(rows),
+            "notes": rows}
+
+
+def _per_instrument(rows: list) -> list:
+    """Per instrument: notes, SING in tune (%), median off-harmonic dB of SING and of the real note,
+    mean spectral L1 of SING and of the baseline."""
+    out = []
+    for name in sorted({r["instrument"] for r in rows}):
+        group = [r for r in rows if r["instrument"] == name]
+        cents = _finite([r["cents_sing"] for r in group])
+        out.append({
+            "instrument": name, "notes": len(group),
+            "within_50_cents_pct_sing": 100.0 * float(np.sum(np.abs(cents) <= CENTS_OK)) / len(group),
+            "offharm_db_sing": _median([r["offharm_sing"] for r in group]),
+            "offharm_db_target": _median([r["offharm_target"] for r in group]),
+            "l1_sing": _mean([r["l1_sing"] for r in group]),
+            "l1_baseline": _mean([r["l1_baseline"] for r in group]),
+        })
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +503,8 @@ def summary_lines(result: dict) -> list:
         f"baseline {f(s['within_50_cents_pct_baseline'], '.1f')}%, target {f(s['within_50_cents_pct_target'], '.1f')}%",
         f"median |cents|: SING {f(s['median_abs_cents_sing'], '.1f')}, "
         f"baseline {f(s['median_abs_cents_baseline'], '.1f')}, target {f(s['median_abs_cents_target'], '.1f')}",
+        f"power between the harmonics, median dB against on them: SING {f(s['offharm_db_sing'], '.1f')}, "
+        f"baseline {f(s['offharm_db_baseline'], '.1f')}, target {f(s['offharm_db_target'], '.1f')}",
         f"RMS dB per velocity (SING/target): {velocities}; rises with velocity: "
         f"SING {s['loudness_rises_sing']}, target {s['loudness_rises_target']}",
         verdict(s),
@@ -558,6 +625,22 @@ def write_report(result: dict, waves: dict, out, sample_rate: int = 16000) -> Pa
                              ("pitch_found_pct", "f0 found (%)", ".1f")):
         lines.append(f"| {label} | {f(s[key + '_sing'], spec)} | {f(s[key + '_baseline'], spec)} | "
                      f"{f(s[key + '_target'], spec)} |")
+    lines += [
+        "", "## Between the harmonics", "",
+        "Power between the harmonics of the MIDI pitch against the power on them (median over the "
+        "notes, dB; `evaluate.offharmonic_db`): subharmonics, SING's 62.5 Hz frame-rate buzz and "
+        "noise, what makes a rendering read an octave low.", "",
+        "| | SING | baseline | target (real note) |", "|---|---|---|---|",
+        f"| median dB | {f(s['offharm_db_sing'], '.1f')} | {f(s['offharm_db_baseline'], '.1f')} | "
+        f"{f(s['offharm_db_target'], '.1f')} |",
+        "", "## Per instrument", "",
+        "| instrument | notes | SING within 50 cents (%) | between harmonics, SING (dB) | "
+        "target (dB) | spectral L1 SING | baseline |", "|---|---|---|---|---|---|---|",
+    ]
+    for r in result.get("per_instrument", []):
+        lines.append(f"| {r['instrument']} | {r['notes']} | {f(r['within_50_cents_pct_sing'], '.1f')} | "
+                     f"{f(r['offharm_db_sing'], '.1f')} | {f(r['offharm_db_target'], '.1f')} | "
+                     f"{f(r['l1_sing'])} | {f(r['l1_baseline'])} |")
     lines += [
         "", "## Loudness against velocity (mean RMS, dB re full scale)", "",
         "| velocity | notes | SING | target | baseline |", "|---|---|---|---|---|",

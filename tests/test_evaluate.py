@@ -15,7 +15,7 @@ from sing_synth.config import SingConfig
 from sing_synth.data import Note, read_examples, split_notes, write_examples, write_note
 from sing_synth.errors import UserError
 from sing_synth.evaluate import (baseline_index, baseline_note, baseline_source, estimate_f0, evaluate,
-                                 shift_pitch, summary_lines)
+                                 offharmonic_db, shift_pitch, summary_lines)
 from sing_synth.model import SING
 from sing_synth.render import evaluate_loss
 
@@ -68,6 +68,24 @@ def test_f0_with_a_missing_or_weak_fundamental(pitch):
 def test_f0_of_silence_and_noise_is_nan():
     assert math.isnan(estimate_f0(np.zeros(LENGTH), SAMPLE_RATE))
     assert math.isnan(estimate_f0(np.random.default_rng(0).standard_normal(LENGTH), SAMPLE_RATE))
+
+
+# --- between the harmonics ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("pitch", [36, 48, 60, 72, 84])
+def test_offharmonic_power_of_clean_and_subharmonic_notes(pitch):
+    """A harmonic note reads near the Hann floor; a subharmonic series (f0/2, 3f0/2, ...) at
+    -20 dB reads about -20 dB; the same note a semitone off reads far above both (at MIDI 36 a
+    semitone is one bin at the fundamental, so not above 0 dB there)."""
+    harmonics = list(range(1, 9))
+    amplitudes = [1 / h for h in harmonics]
+    clean = offharmonic_db(partials(pitch, harmonics, amplitudes), pitch, SAMPLE_RATE)
+    assert clean < -30, clean
+    halves = [h - 0.5 for h in harmonics]
+    both = partials(pitch, harmonics + halves, amplitudes + [0.1 * a for a in amplitudes])
+    assert -23 < offharmonic_db(both, pitch, SAMPLE_RATE) < -17
+    assert offharmonic_db(partials(pitch + 1, harmonics, amplitudes), pitch, SAMPLE_RATE) > -5
+    assert math.isnan(offharmonic_db(np.zeros(LENGTH), pitch, SAMPLE_RATE))
 
 
 # --- baseline ------------------------------------------------------------------------------------
