@@ -26,7 +26,7 @@ from .data import (NSynthDataset, Note, velocity_index, filter_notes, read_examp
 from .device import resolve_device
 from .errors import DatasetError, UserError
 from .fast import FastRenderer
-from .loss import SpectralLoss
+from .loss import SpectralLoss, between_harmonics
 
 CENTS_OK = 50.0  # a rendering within this many cents of its MIDI pitch counts as in tune
 
@@ -119,7 +119,8 @@ def offharmonic_db(wave, pitch, sample_rate: int, n_fft: int = 4096, fmax: float
     What it measures is what makes YIN read a note an octave (or a fifth and an octave) low:
     subharmonics (f0/2, f0/3 ...), SING's frame-rate buzz (multiples of 62.5 Hz) and noise.  A bin
     is on a harmonic k * f0 within the Hann window's main lobe (2 bins) or 30 cents, whichever is
-    wider (stretched piano partials); the band is 0.4 f0 .. `fmax`.  Hann leakage puts a floor of
+    wider (stretched piano partials: `loss.between_harmonics`, which `train --between-weight`
+    weighs); the band is 0.4 f0 .. `fmax`.  Hann leakage puts a floor of
     about -35 dB under a clean harmonic tone.
     """
     held = held_part(wave)
@@ -129,13 +130,12 @@ def offharmonic_db(wave, pitch, sample_rate: int, n_fft: int = 4096, fmax: float
                         window=torch.hann_window(n_fft, dtype=torch.float64), center=False,
                         return_complex=True)
     power = frames.abs().pow(2).sum(-1).numpy()
-    freqs = np.arange(len(power)) * sample_rate / n_fft
+    bin_hz = sample_rate / n_fft
+    freqs = torch.arange(len(power), dtype=torch.float64) * bin_hz
     f0 = midi_frequency(pitch)
-    band = (freqs >= 0.4 * f0) & (freqs <= min(fmax, sample_rate / 2))
-    k = np.maximum(np.round(freqs / f0), 1)
-    width = np.maximum(2 * sample_rate / n_fft, k * f0 * (2 ** (30 / 1200) - 1))
-    on = band & (np.abs(freqs - k * f0) <= width)
-    on_power, off_power = power[on].sum(), power[band & ~on].sum()
+    band = ((freqs >= 0.4 * f0) & (freqs <= min(fmax, sample_rate / 2))).numpy()
+    between = between_harmonics(freqs, torch.tensor(f0, dtype=torch.float64), bin_hz).numpy()
+    on_power, off_power = power[band & ~between].sum(), power[band & between].sum()
     if on_power <= 1e-12 * max(len(held), 1):
         return float("nan")
     return float(10 * np.log10((off_power + 1e-30) / on_power))

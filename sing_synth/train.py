@@ -56,6 +56,8 @@ class TrainSettings:
     loss_eps: float = 1.0           # log(eps + |X|^2): the paper's 1; lower it for quiet data
                                     # (0.01 = the loss of notes 20 dB louder)
     loss_norm_db: float | None = None   # weigh every note at this RMS (SpectralLoss.norm_db)
+    between_weight: float = 1.0     # training loss weight of the bins between the harmonics
+                                    # (SpectralLoss.between_weight); validation stays unweighted
     bptt: int = 32
     crop: int = 0                   # decoded frames per training example in phases 1 and 3 (a random
                                     # stretch of each batch's notes; ~3x faster at 64); 0: whole notes
@@ -154,13 +156,16 @@ class Trainer:
         self._load_data()
         self.model = SING(self.config).to(self.device)
         self.encoder = ConvEncoder(self.config).to(self.device)
-        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps,
-                                 norm_db=s.loss_norm_db).to(self.device)
+        self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps, norm_db=s.loss_norm_db,
+                                 between_weight=s.between_weight,
+                                 sample_rate=self.config.sample_rate).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
         self.crop_rng = random.Random(s.seed)
         self.stopped_early = False        # run() stopped at the time limit
         self._check_crop()
+        if not s.between_weight > 0:
+            raise UserError(f"--between-weight must be > 0, got {s.between_weight}")
         self._check_oversample()
 
     # --- set-up -------------------------------------------------------------------------------
@@ -435,7 +440,7 @@ class Trainer:
             inputs, wave = inputs + (start, frames), wave[:, first:end]
         with self.autocast():
             output = module(*inputs)
-        loss = self.loss(output.float(), wave)
+        loss = self.loss(output.float(), wave, pitch)
         loss.backward()
         return loss.item()
 

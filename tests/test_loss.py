@@ -67,3 +67,36 @@ def test_norm_db_gain_is_capped():
     silent = torch.zeros(2, 8000)
     assert torch.allclose(loss.gain(silent), torch.full((2, 1), 100.0))
     assert torch.isfinite(loss(torch.randn(2, 8000) * 1e-3, silent))
+
+
+def _tones(pitch, partials, seconds=1.0, rate=16000):
+    """Sum of sines at `partials` (multiples of the pitch's f0, amplitude each) `[1, N]`."""
+    t = torch.arange(int(seconds * rate), dtype=torch.float64) / rate
+    f0 = 440.0 * 2 ** ((pitch - 69) / 12)
+    return sum(a * torch.sin(2 * np.pi * h * f0 * t + h) for h, a in partials.items()).float()[None]
+
+
+def test_between_harmonics_marks_subharmonics_not_harmonics():
+    from sing_synth.loss import between_harmonics
+    f0, bin_hz = 261.63, 16000 / 4096
+    freqs = torch.tensor([f0, 2 * f0, 3.01 * f0, f0 / 2, 1.5 * f0, 2.5 * f0, 0.2 * f0], dtype=torch.float64)
+    assert between_harmonics(freqs, torch.tensor(f0, dtype=torch.float64), bin_hz).tolist() == \
+        [False, False, False, True, True, True, False]     # 3.01 f0: 17 cents, on; 0.2 f0: below the band
+
+
+def test_between_weight_weighs_subharmonics_not_harmonic_levels():
+    """Two errors: a subharmonic series at -20 dB, and harmonics 3 dB too loud.  Weighted 4x,
+    the first costs 1.41x the plain loss, the second 0.44x; weight 1 or no pitch is the plain loss."""
+    pitch = torch.tensor([67])
+    harmonics = {h: 0.3 / h for h in range(1, 6)}
+    target = _tones(67, harmonics)
+    sub = _tones(67, {**harmonics, **{h - 0.5: 0.03 / h for h in range(1, 6)}})
+    level = _tones(67, {h: a * 10 ** (3 / 20) for h, a in harmonics.items()})
+    plain = SpectralLoss("mse", n_fft=(1024, 4096))
+    weighted = SpectralLoss("mse", n_fft=(1024, 4096), between_weight=4.0)
+    for output in (sub, level):
+        assert torch.allclose(weighted(output, target), plain(output, target))           # no pitch
+        assert torch.allclose(SpectralLoss("mse", n_fft=(1024, 4096))(output, target, pitch),
+                              plain(output, target))
+    assert weighted(sub, target, pitch) > 1.3 * plain(sub, target)
+    assert weighted(level, target, pitch) < 0.6 * plain(level, target)

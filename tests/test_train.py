@@ -182,6 +182,25 @@ def test_oversample_draws_the_named_instrument_more_often(short_dataset, tmp_pat
     assert len(plain) == len(trainer.valid_set)               # validation is never resampled
 
 
+def test_between_weight_changes_training_not_validation(short_dataset, tmp_path):
+    """--between-weight weighs the training loss only: the same weights validate to the same
+    number, a training step's loss differs; 0 is refused in one line."""
+    from sing_synth.train import Trainer
+    tiny = dict(lstm_hidden=16, lstm_layers=1, channels=32, steps=STEPS, progress=False, amp=False,
+                loss="mse", resolutions=(1024, 4096))
+    plain, weighted = (Trainer(TrainSettings(data=str(short_dataset), out=str(tmp_path / name),
+                                             between_weight=w, **tiny))
+                       for name, w in (("a", 1.0), ("b", 4.0)))
+    assert plain.validate(2) == pytest.approx(weighted.validate(2), rel=1e-6)
+    wave, instrument, pitch, velocity = next(iter(plain.loader(plain.train_set, 8, 0, False)))
+    with torch.no_grad():
+        output = plain.model(instrument, pitch, velocity)
+    assert weighted.loss(output, wave, pitch).item() != pytest.approx(plain.loss(output, wave, pitch).item(), rel=1e-3)
+    refused = subprocess.run(train_command(short_dataset, tmp_path / "c", "--between-weight", "0"),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--between-weight" in refused.stderr
+
+
 def test_oversample_of_an_unknown_instrument_is_refused(short_dataset, tmp_path):
     command = train_command(short_dataset, tmp_path / "r", "--epochs", "0,0,1", "--oversample", "marimba=4")
     refused = subprocess.run(command, capture_output=True, text=True)
