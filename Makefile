@@ -40,9 +40,12 @@ clean:
 # Stage 1: the three phases on whole notes; stage 2: end to end on 64-frame crops (~3x faster steps)
 # from stage 1's fp16 weights; stage 3: the same run annealed (lr 3e-4, then 1e-4; a resumed run
 # takes --lr as given); stage 4: on with every note weighed at -30 dB RMS (--loss-norm-db: quiet
-# decaying notes were mostly under the loss's floor), lr 3e-4 then 1e-4.  Every step is resumable:
-# run it again after a kill.  To train the shipped model further: `sing-synth train ...
-# --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64 --lr 1e-4 --loss-norm-db -30`.
+# decaying notes were mostly under the loss's floor), lr 3e-4 then 1e-4; stage 5: a new run from
+# stage 4's weights with the bins between each note's harmonics weighed 4x (--between-weight:
+# subharmonics and frame-rate buzz, read as octave errors), lr 2e-4, 1e-4, 5e-5.  Every step is
+# resumable: run it again after a kill.  To train the shipped model further: `sing-synth train ...
+# --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --crop 64 --lr 5e-5 --loss-norm-db -30
+# --between-weight 4`.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
@@ -61,4 +64,10 @@ shipped-model: $(STAMP)
 		--loss-norm-db -30
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,44 --crop 64 --lr 1e-4 \
 		--loss-norm-db -30
-	$(PY) -m sing_synth convert $(SHIPPED_RUN)-crop/model.pt models/sing-small-fluidr3.pt --half
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --init-from $(SHIPPED_RUN)-crop/model.pt \
+		--epochs 0,0,7 --crop 64 --lr 2e-4 --loss-norm-db -30 --between-weight 4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --epochs 0,0,15 --crop 64 --lr 1e-4 \
+		--loss-norm-db -30 --between-weight 4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --epochs 0,0,18 --crop 64 --lr 5e-5 \
+		--loss-norm-db -30 --between-weight 4
+	$(PY) -m sing_synth convert $(SHIPPED_RUN)-between/model.pt models/sing-small-fluidr3.pt --half
