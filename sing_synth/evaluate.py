@@ -27,16 +27,13 @@ from .device import resolve_device
 from .errors import DatasetError, UserError
 from .fast import FastRenderer
 from .loss import SpectralLoss, between_harmonics
+from .midi import midi_frequency
 
 CENTS_OK = 50.0  # a rendering within this many cents of its MIDI pitch counts as in tune
 
 
 # ---------------------------------------------------------------------------------------------
 # Pitch
-
-def midi_frequency(pitch) -> float:
-    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69) / 12)
-
 
 def cents_error(frequency, pitch) -> float:
     """Cents from the MIDI pitch's equal-tempered frequency to `frequency` (nan stays nan)."""
@@ -419,8 +416,6 @@ def _summarise(rows: list) -> dict:
         pool = with_baseline if who == "baseline" else rows
         pitch = _pitch_summary([r[f"cents_{who}"] for r in pool])
         summary.update({f"{key}_{who}": value for key, value in pitch.items()})
-    for who in ("sing", "baseline", "target"):
-        pool = with_baseline if who == "baseline" else rows
         summary[f"offharm_db_{who}"] = _median([r[f"offharm_{who}"] for r in pool])
     per_velocity = []
     for velocity in sorted({r["velocity"] for r in rows}):
@@ -446,10 +441,10 @@ def _per_instrument(rows: list) -> list:
     out = []
     for name in sorted({r["instrument"] for r in rows}):
         group = [r for r in rows if r["instrument"] == name]
-        cents = _finite([r["cents_sing"] for r in group])
+        pitch = _pitch_summary([r["cents_sing"] for r in group])
         out.append({
             "instrument": name, "notes": len(group),
-            "within_50_cents_pct_sing": 100.0 * float(np.sum(np.abs(cents) <= CENTS_OK)) / len(group),
+            "within_50_cents_pct_sing": pitch["within_50_cents_pct"],
             "offharm_db_sing": _median([r["offharm_sing"] for r in group]),
             "offharm_db_target": _median([r["offharm_target"] for r in group]),
             "l1_sing": _mean([r["l1_sing"] for r in group]),

@@ -5,9 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-def midi_hz(pitch) -> torch.Tensor:
-    return 440.0 * 2 ** ((torch.as_tensor(pitch, dtype=torch.float64) - 69) / 12)
+from .midi import midi_frequency
 
 
 def between_harmonics(freqs: torch.Tensor, f0: torch.Tensor, bin_hz: float) -> torch.Tensor:
@@ -74,7 +72,8 @@ class SpectralLoss(nn.Module):
         """`[B]` MIDI pitches -> `[B, n_fft // 2 + 1, 1]` weights of the bins."""
         bin_hz = self.sample_rate / n_fft
         freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * bin_hz
-        between = between_harmonics(freqs, midi_hz(pitch.cpu()).view(-1, 1), bin_hz)
+        f0 = torch.from_numpy(midi_frequency(pitch.cpu().numpy())).view(-1, 1)
+        between = between_harmonics(freqs, f0, bin_hz)
         return (1 + (self.between_weight - 1) * between.float()).unsqueeze(-1).to(device)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor, pitch=None) -> torch.Tensor:

@@ -25,6 +25,8 @@ import os
 import sys
 import threading
 
+import numpy as np
+
 from .errors import UserError
 
 API_NAMES = ("alsa", "jack", "coremidi", "windows")
@@ -33,6 +35,11 @@ _API_ATTRS = {"alsa": "API_LINUX_ALSA", "jack": "API_UNIX_JACK",
 _API_LABELS = {"alsa": "ALSA", "jack": "JACK", "coremidi": "CoreMIDI", "windows": "WinMM"}
 DEFAULT_CLIENT = "SING Synth"
 DEFAULT_VIRTUAL = "SING Synth"
+
+
+def midi_frequency(pitch):
+    """Equal-tempered frequency in Hz (A4 = MIDI 69 = 440 Hz) of a MIDI pitch or an array of them."""
+    return 440.0 * 2.0 ** ((np.asarray(pitch, dtype=np.float64) - 69) / 12)
 
 
 def default_backend():

@@ -26,6 +26,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..config import SingConfig
+from ..midi import midi_frequency
 from .renderer import PREWARM, RENDER_NICE, ThreadNice, WorkerQueue, instrument_key
 
 NOTE_SECONDS = 4.0
@@ -45,7 +46,7 @@ def tone(pitch: int, layer_velocity: int, program: int, rate: int,
     """One test-tone note, float32 mono, read-only."""
     n = int(round(seconds * rate))
     t = np.arange(n, dtype=np.float64) / rate
-    f0 = 440.0 * 2.0 ** ((int(pitch) - 69) / 12.0)
+    f0 = float(midi_frequency(int(pitch)))
     harmonics = 3 + int(program) // 8
     rolloff = 2.0 - 1.2 * (int(program) % 8) / 7.0
     wave = np.zeros(n, np.float64)
