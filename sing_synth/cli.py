@@ -80,6 +80,9 @@ def add_train(sub):
                    help="weigh the spectrogram bins between the harmonics of each note's pitch W "
                         "times the others in the training loss (subharmonics, frame-rate buzz; "
                         "default 1: the paper's loss); validation stays unweighted")
+    p.add_argument("--between-low-hz", type=float, default=None, metavar="HZ",
+                   help="start that band at HZ where 0.4 f0 is higher (the frame-rate buzz under "
+                        "high notes; default: 0.4 f0)")
     p.add_argument("--bptt", type=int, default=32, help="truncated back-propagation length (phase 2)")
     p.add_argument("--no-amp", action="store_true", help="train in fp32 instead of bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +113,7 @@ def run_train(args) -> int:
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
         lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, between_weight=args.between_weight, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, between_weight=args.between_weight, between_low_hz=args.between_low_hz, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,

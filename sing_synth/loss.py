@@ -8,13 +8,15 @@ from torch.nn import functional as F
 from .midi import midi_frequency
 
 
-def between_harmonics(freqs: torch.Tensor, f0: torch.Tensor, bin_hz: float) -> torch.Tensor:
-    """Which frequencies lie between the harmonics k * f0 of a pitch, from 0.4 f0 up: not within
-    the Hann window's main lobe (2 bins) or 30 cents (stretched partials) of one.  `freqs` `[F]`,
-    `f0` `[B, 1]` (or scalar) -> bool `[B, F]` (or `[F]`)."""
+def between_harmonics(freqs: torch.Tensor, f0: torch.Tensor, bin_hz: float,
+                      low_hz: float | None = None) -> torch.Tensor:
+    """Which frequencies lie between the harmonics k * f0 of a pitch, from 0.4 f0 up (or from
+    `low_hz` where that is lower): not within the Hann window's main lobe (2 bins) or 30 cents
+    (stretched partials) of one.  `freqs` `[F]`, `f0` `[B, 1]` (or scalar) -> bool `[B, F]` (or `[F]`)."""
     k = torch.round(freqs / f0).clamp_min(1)
     width = torch.clamp(k * f0 * (2 ** (30 / 1200) - 1), min=2 * bin_hz)
-    return (freqs >= 0.4 * f0) & ((freqs - k * f0).abs() > width)
+    low = 0.4 * f0 if low_hz is None else torch.clamp(0.4 * f0, max=low_hz)
+    return (freqs >= low) & ((freqs - k * f0).abs() > width)
 
 
 class SpectralLoss(nn.Module):
@@ -36,13 +38,15 @@ class SpectralLoss(nn.Module):
     (`between_harmonics`; the pitch goes to `forward`) weigh this much more than the others, the
     mean taken over the weights.  On the shipped model they are most of the bins but 7-21% of the
     loss: errors on the harmonics (levels, envelopes) outweigh its subharmonics and buzz there,
-    which are what reads as octave errors.
+    which are what reads as octave errors.  `between_low_hz` lets the band start lower than 0.4 f0
+    under high notes: a decoder's 62.5 Hz frame-rate buzz and its 125 Hz tooth lie far below the
+    fundamental of MIDI 72 and read as its pitch once the note has decayed.
     Shape: `[B, N]`, `[B, N]` (, pitch `[B]`) -> scalar
     """
 
     def __init__(self, kind: str = "l1", n_fft=1024, hop: int = 256, eps: float = 1.0,
                  norm_db: float | None = None, max_gain_db: float = 40.0, between_weight: float = 1.0,
-                 sample_rate: int = 16000):
+                 between_low_hz: float | None = None, sample_rate: int = 16000):
         super().__init__()
         if kind not in ("l1", "mse", "waveform"):
             raise ValueError(f"unknown loss {kind!r}: choose l1, mse or waveform")
@@ -53,6 +57,7 @@ class SpectralLoss(nn.Module):
         self.norm_db = norm_db
         self.max_gain_db = max_gain_db
         self.between_weight = float(between_weight)
+        self.between_low_hz = between_low_hz
         self.sample_rate = sample_rate
 
     def gain(self, target: torch.Tensor) -> torch.Tensor:
@@ -73,7 +78,7 @@ class SpectralLoss(nn.Module):
         bin_hz = self.sample_rate / n_fft
         freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * bin_hz
         f0 = torch.from_numpy(midi_frequency(pitch.cpu().numpy())).view(-1, 1)
-        between = between_harmonics(freqs, f0, bin_hz)
+        between = between_harmonics(freqs, f0, bin_hz, self.between_low_hz)
         return (1 + (self.between_weight - 1) * between.float()).unsqueeze(-1).to(device)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor, pitch=None) -> torch.Tensor:

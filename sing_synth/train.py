@@ -58,6 +58,7 @@ class TrainSettings:
     loss_norm_db: float | None = None   # weigh every note at this RMS (SpectralLoss.norm_db)
     between_weight: float = 1.0     # training loss weight of the bins between the harmonics
                                     # (SpectralLoss.between_weight); validation stays unweighted
+    between_low_hz: float | None = None  # where that band starts under high notes (default 0.4 f0)
     bptt: int = 32
     crop: int = 0                   # decoded frames per training example in phases 1 and 3 (a random
                                     # stretch of each batch's notes; ~3x faster at 64); 0: whole notes
@@ -157,7 +158,7 @@ class Trainer:
         self.model = SING(self.config).to(self.device)
         self.encoder = ConvEncoder(self.config).to(self.device)
         self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps, norm_db=s.loss_norm_db,
-                                 between_weight=s.between_weight,
+                                 between_weight=s.between_weight, between_low_hz=s.between_low_hz,
                                  sample_rate=self.config.sample_rate).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
@@ -166,6 +167,8 @@ class Trainer:
         self._check_crop()
         if not s.between_weight > 0:
             raise UserError(f"--between-weight must be > 0, got {s.between_weight}")
+        if s.between_low_hz is not None and not s.between_low_hz > 0:
+            raise UserError(f"--between-low-hz must be > 0, got {s.between_low_hz}")
         self._check_oversample()
 
     # --- set-up -------------------------------------------------------------------------------

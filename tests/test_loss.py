@@ -84,6 +84,20 @@ def test_between_harmonics_marks_subharmonics_not_harmonics():
         [False, False, False, True, True, True, False]     # 3.01 f0: 17 cents, on; 0.2 f0: below the band
 
 
+def test_between_harmonics_low_hz_reaches_the_buzz_under_high_notes():
+    """Under MIDI 72 (523 Hz) the 62.5 Hz frame-rate buzz and its 125 Hz tooth lie below 0.4 f0:
+    only a `low_hz` under them marks them; it never moves the band of a note whose 0.4 f0 is lower."""
+    from sing_synth.loss import between_harmonics
+    bin_hz = 16000 / 8192
+    buzz = torch.tensor([62.5, 125.0, 523.25], dtype=torch.float64)
+    high = torch.tensor(523.25, dtype=torch.float64)
+    assert between_harmonics(buzz, high, bin_hz).tolist() == [False, False, False]
+    assert between_harmonics(buzz, high, bin_hz, low_hz=40.0).tolist() == [True, True, False]
+    low = torch.tensor(65.41, dtype=torch.float64)                            # MIDI 36: 0.4 f0 = 26 Hz
+    freqs = torch.arange(0, 400, dtype=torch.float64) * bin_hz
+    assert torch.equal(between_harmonics(freqs, low, bin_hz, low_hz=40.0), between_harmonics(freqs, low, bin_hz))
+
+
 def test_between_weight_weighs_subharmonics_not_harmonic_levels():
     """Two errors: a subharmonic series at -20 dB, and harmonics 3 dB too loud.  Weighted 4x,
     the first costs 1.41x the plain loss, the second 0.44x; weight 1 or no pitch is the plain loss."""
@@ -100,3 +114,17 @@ def test_between_weight_weighs_subharmonics_not_harmonic_levels():
                               plain(output, target))
     assert weighted(sub, target, pitch) > 1.3 * plain(sub, target)
     assert weighted(level, target, pitch) < 0.6 * plain(level, target)
+
+
+def test_between_low_hz_weighs_a_buzz_under_a_high_note():
+    """A 125 Hz tooth under MIDI 72 at -20 dB: the plain between-weight loss does not see it (below
+    0.4 f0), `between_low_hz=40` weighs it 4x like any other between-harmonic error."""
+    pitch = torch.tensor([72])
+    harmonics = {h: 0.3 / h for h in range(1, 6)}
+    target = _tones(72, harmonics)
+    buzz = target + 0.03 * torch.sin(2 * np.pi * 125.0 * torch.arange(16000) / 16000).float()[None]
+    plain = SpectralLoss("mse", n_fft=(1024, 8192))(buzz, target)
+    weighted = SpectralLoss("mse", n_fft=(1024, 8192), between_weight=4.0)(buzz, target, pitch)
+    low = SpectralLoss("mse", n_fft=(1024, 8192), between_weight=4.0, between_low_hz=40.0)(buzz, target, pitch)
+    assert weighted < plain                     # the buzz's bins are not between: outweighed
+    assert low > 1.2 * plain
