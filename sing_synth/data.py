@@ -233,13 +233,17 @@ class NSynthDataset(torch.utils.data.Dataset):
 def load_split(root, split: str, seed: int = 0, families=None, sources=None, pitch_range=None,
                velocities=None, velocity_rows=VELOCITIES, sample_rate: int = 16000,
                length: int = 64000, in_memory: bool = False) -> NSynthDataset:
-    """Read, filter, split (on the filtered notes) and wrap one split ("all" = no split)."""
-    if split not in SPLITS + ("all",):
-        raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+    """Read, filter, split (on the filtered notes) and wrap one split ("all" = no split), or
+    several joined by "+" ("train+valid"), their notes in the input order."""
+    parts = split.split("+")
+    if split != "all" and not all(part in SPLITS for part in parts):
+        raise ValueError(f"split must be one of {SPLITS + ('all',)} or several joined by '+', got {split!r}")
     notes = filter_notes(read_examples(root), families=families, sources=sources,
                          pitch_range=pitch_range, velocities=velocities)
     if split != "all":
-        notes = split_notes(notes, seed=seed)[split]
+        groups = split_notes(notes, seed=seed)
+        chosen = {id(note) for part in parts for note in groups[part]}
+        notes = [note for note in notes if id(note) in chosen]
     return NSynthDataset(root, notes, velocity_rows=velocity_rows, sample_rate=sample_rate,
                          length=length, in_memory=in_memory)
 

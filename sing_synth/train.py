@@ -59,6 +59,8 @@ class TrainSettings:
     between_weight: float = 1.0     # training loss weight of the bins between the harmonics
                                     # (SpectralLoss.between_weight); validation stays unweighted
     between_low_hz: float | None = None  # where that band starts under high notes (default 0.4 f0)
+    train_split: str = "train"      # "train+valid": a final model on every note but the test
+                                    # split's (validation is then on notes it trained on)
     bptt: int = 32
     crop: int = 0                   # decoded frames per training example in phases 1 and 3 (a random
                                     # stretch of each batch's notes; ~3x faster at 64); 0: whole notes
@@ -196,7 +198,7 @@ class Trainer:
                       pitch_range=s.pitch_range or None, velocity_rows=self.config.velocity_rows,
                       sample_rate=self.config.sample_rate, length=self.config.length,
                       in_memory=s.in_memory)
-        self.train_set = load_split(s.data, "train", **common)
+        self.train_set = load_split(s.data, s.train_split, **common)
         self.valid_set = load_split(s.data, "valid", **common)
         if len(self.train_set) == 0:
             raise UserError(f"{s.data}: the train split is empty")

@@ -109,6 +109,11 @@ def test_load_split(folder):
         f"organ_electronic_007-{p:03d}-{v:03d}" for p in (60, 72) for v in VELOCITIES]
     with pytest.raises(ValueError):
         load_split(root, "training", length=LENGTH)
+    both = load_split(root, "train+valid", seed=3, length=LENGTH).notes
+    assert both == [n for n in notes if n in parts["train"].notes + parts["valid"].notes]
+    assert len(both) == len(parts["train"]) + len(parts["valid"]) and not set(both) & set(parts["test"].notes)
+    with pytest.raises(ValueError):
+        load_split(root, "train+tests", length=LENGTH)
 
 
 # --- filters ----------------------------------------------------------------------------------

@@ -285,3 +285,16 @@ def test_cropped_training_learns_and_rebuilds_whole_notes(short_dataset, tmp_pat
     refused = subprocess.run(train_command(short_dataset, tmp_path / "b", "--epochs", "1,1,1", "--crop", "4"),
                              capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--crop 4" in refused.stderr
+
+
+def test_train_split_train_valid_adds_the_valid_notes_never_the_test_notes(short_dataset, tmp_path):
+    from sing_synth.train import Trainer
+    tiny = dict(lstm_hidden=16, lstm_layers=1, channels=32, steps=STEPS, progress=False, amp=False)
+    splits = split_notes(read_examples(short_dataset), seed=0)
+    final = Trainer(TrainSettings(data=str(short_dataset), out=str(tmp_path / "f"), train_split="train+valid", **tiny))
+    trained = {n.note_str for n in final.train_set.notes}
+    assert trained == {n.note_str for n in splits["train"] + splits["valid"]}
+    assert not trained & {n.note_str for n in splits["test"]}
+    refused = subprocess.run(train_command(short_dataset, tmp_path / "t", "--train-split", "train+test"),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--train-split" in refused.stderr
