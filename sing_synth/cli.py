@@ -213,7 +213,9 @@ def run_eval(args) -> int:
                           loss=args.loss, progress=not args.no_progress and sys.stderr.isatty())
         loss, count = result["summary"]["loss_value"], result["summary"]["notes"]
     else:
+        from .evaluate import trained_splits
         ckpt = load_checkpoint(args.checkpoint)
+        trained_splits(ckpt, args.split)
         loss, count = evaluate_loss(ckpt.model, args.data, args.split, seed=args.seed, loss=args.loss,
                                     batch_size=args.batch_size, device=args.device)
     if count == 0:

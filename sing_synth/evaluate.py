@@ -251,11 +251,24 @@ def _rises(levels: list) -> bool | None:
     return None if len(levels) < 2 else bool(all(b > a for a, b in zip(levels, levels[1:])))
 
 
+def trained_splits(ckpt: Checkpoint, split: str) -> list:
+    """The splits a checkpoint trained on (its metadata); refuses to score a final model
+    (`train --train-split train+valid`) on valid, which it has heard."""
+    trained_on = str(ckpt.metadata.get("train_split", "train")).split("+")
+    if split == "valid" and "valid" in trained_on:
+        raise UserError("this checkpoint trained on the valid split too (--train-split train+valid): "
+                        "evaluate it on --split test")
+    return trained_on
+
+
 def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_range):
-    """(evaluated notes, train notes): the split as in training, checked against the checkpoint."""
+    """(evaluated notes, the notes it trained on): the split as in training, checked against the
+    checkpoint.  A final model (`train --train-split train+valid`) is not scored on valid, and its
+    sampler baseline draws from the same notes it trained on."""
     config = ckpt.model.config
     if split not in ("train", "valid", "test", "all"):
         raise UserError(f"split must be train, valid, test or all, got {split!r}")
+    trained_on = trained_splits(ckpt, split)
     notes = filter_notes(read_examples(data), families or None, sources or None, pitch_range or None)
     splits = split_notes(notes, seed=seed)
     chosen = notes if split == "all" else splits[split]
@@ -281,7 +294,8 @@ def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_
     if bad is not None:
         raise UserError(f"{data}: note {bad.note_str} has velocity {bad.velocity}, not one of the "
                         f"checkpoint's {tuple(v for v in config.velocity_rows if v)}")
-    return chosen, splits["train"]
+    seen = {id(n) for part in trained_on for n in splits[part]}
+    return chosen, [n for n in notes if id(n) in seen]
 
 
 def _example_indices(notes, has_baseline, n_examples) -> list:

@@ -304,7 +304,8 @@ class Trainer:
     def run_metadata(self) -> dict:
         meta = dict(self.settings.metadata)
         meta.update(trained_on=str(self.settings.data), seed=self.settings.seed,
-                    phase=self.phase, epoch=self.epoch, loss=self.settings.loss)
+                    phase=self.phase, epoch=self.epoch, loss=self.settings.loss,
+                    train_split=self.settings.train_split)
         return meta
 
     def make_optimizer(self, phase: int):

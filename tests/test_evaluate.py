@@ -210,6 +210,26 @@ def test_eval_report_errors(tiny_dataset, tmp_path, capsys):
         evaluate(small, root, empty)
 
 
+def test_final_model_is_scored_on_test_against_a_sampler_of_the_same_notes(tiny_dataset, tmp_path, capsys):
+    """A checkpoint trained on train+valid: its baseline samples from train and valid (the notes
+    it trained on); scoring it on valid is refused in one line."""
+    torch.manual_seed(0)
+    final = tmp_path / "final.pt"
+    save_checkpoint(final, SING(CONFIG), NAMES, {"train_split": "train+valid"})
+    seed = 3                           # a split where valid holds the nearest pitch of some test notes
+    splits = split_notes(read_examples(tiny_dataset), seed=seed)
+    sources = {r["baseline_source"] for r in evaluate(final, tiny_dataset, "test", seed, n_examples=0)["notes"]}
+    plain = {r["baseline_source"] for r in evaluate(tiny_checkpoint(tmp_path / "m.pt"), tiny_dataset, "test",
+                                                    seed, n_examples=0)["notes"]}
+    assert plain <= {n.note_str for n in splits["train"]}
+    assert sources <= {n.note_str for n in splits["train"] + splits["valid"]}
+    assert sources & {n.note_str for n in splits["valid"]}      # some nearest pitches are valid's
+    with pytest.raises(UserError):
+        evaluate(final, tiny_dataset, "valid")
+    one_line_error(main(["eval", "--checkpoint", str(final), "--data", str(tiny_dataset), "--split", "valid"]),
+                   capsys, "--split test")
+
+
 def test_eval_bad_data_is_one_line_exit_2(tmp_path):
     ckpt = tiny_checkpoint(tmp_path / "m.pt")
     result = subprocess.run([sys.executable, "-m", "sing_synth", "eval", "--checkpoint", str(ckpt),
