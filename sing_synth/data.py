@@ -157,6 +157,13 @@ def split_notes(notes: Iterable[Note], seed: int = 0, valid: float = 0.1,
     return out
 
 
+def join_splits(notes: list[Note], groups: dict[str, list[Note]], parts) -> list[Note]:
+    """The notes of the splits named in `parts` (`groups`: `split_notes` of `notes`), in the
+    order of `notes`."""
+    chosen = {id(note) for part in parts for note in groups[part]}
+    return [note for note in notes if id(note) in chosen]
+
+
 # ---------------------------------------------------------------------------------------------
 # Audio dataset
 
@@ -241,9 +248,7 @@ def load_split(root, split: str, seed: int = 0, families=None, sources=None, pit
     notes = filter_notes(read_examples(root), families=families, sources=sources,
                          pitch_range=pitch_range, velocities=velocities)
     if split != "all":
-        groups = split_notes(notes, seed=seed)
-        chosen = {id(note) for part in parts for note in groups[part]}
-        notes = [note for note in notes if id(note) in chosen]
+        notes = join_splits(notes, split_notes(notes, seed=seed), parts)
     return NSynthDataset(root, notes, velocity_rows=velocity_rows, sample_rate=sample_rate,
                          length=length, in_memory=in_memory)
 

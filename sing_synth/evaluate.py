@@ -21,8 +21,8 @@ import soxr
 import torch
 
 from .checkpoint import Checkpoint, load_checkpoint
-from .data import (NSynthDataset, Note, velocity_index, filter_notes, read_examples, split_notes,
-                   wav_path)
+from .data import (NSynthDataset, Note, velocity_index, filter_notes, join_splits, read_examples,
+                   split_notes, wav_path)
 from .device import resolve_device
 from .errors import DatasetError, UserError
 from .fast import FastRenderer
@@ -294,8 +294,7 @@ def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_
     if bad is not None:
         raise UserError(f"{data}: note {bad.note_str} has velocity {bad.velocity}, not one of the "
                         f"checkpoint's {tuple(v for v in config.velocity_rows if v)}")
-    seen = {id(n) for part in trained_on for n in splits[part]}
-    return chosen, [n for n in notes if id(n) in seen]
+    return chosen, join_splits(notes, splits, trained_on)
 
 
 def _example_indices(notes, has_baseline, n_examples) -> list:
