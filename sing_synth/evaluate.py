@@ -30,6 +30,8 @@ from .loss import SpectralLoss, between_harmonics
 from .midi import midi_frequency
 
 CENTS_OK = 50.0  # a rendering within this many cents of its MIDI pitch counts as in tune
+BASS_HZ = 100.0  # notes whose f0 lies below this are "bass notes" for the fundamental's measure
+PARTIAL_OK = 25.0  # a fundamental within this many cents of the real note's counts as in place
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,6 +138,33 @@ def offharmonic_db(wave, pitch, sample_rate: int, n_fft: int = 4096, fmax: float
     if on_power <= 1e-12 * max(len(held), 1):
         return float("nan")
     return float(10 * np.log10((off_power + 1e-30) / on_power))
+
+
+def fundamental_cents(wave, pitch, sample_rate: int, span_cents: float = 300.0) -> float:
+    """Where the strongest partial within `span_cents` of the MIDI pitch's f0 lies, in cents from
+    that f0, over the held part (as `estimate_f0`; one Hann-windowed FFT, the peak refined by a
+    parabola through the log magnitudes of its bin and the two beside it); nan for silence.
+
+    YIN reads a note's period, which its upper harmonics carry, so it can read a bass note in tune
+    whose fundamental is not: SING's decoder overlap-adds frames at 62.5 Hz, and a bass
+    fundamental near that rate can come out on it (MIDI 36: 62.5 Hz for 65.4 Hz, 72 cents flat,
+    with sidebands).  Compare with the real note's reading (`fundamental_cents` of the target):
+    a soundfont's sample may be tuned a few cents off.
+    """
+    held = held_part(wave)
+    if len(held) < 64 or not np.all(np.isfinite(held)):
+        return float("nan")
+    magnitude = np.abs(np.fft.rfft(held * np.hanning(len(held))))
+    bin_hz = sample_rate / len(held)
+    f0 = float(midi_frequency(pitch))
+    low, high = f0 * 2 ** (-span_cents / 1200), f0 * 2 ** (span_cents / 1200)
+    bins = np.arange(max(1, math.ceil(low / bin_hz)), min(len(magnitude) - 1, math.floor(high / bin_hz) + 1))
+    if len(bins) == 0 or magnitude[bins].max() <= 1e-9 * len(held):
+        return float("nan")
+    k = int(bins[np.argmax(magnitude[bins])])
+    a, b, c = np.log(magnitude[k - 1:k + 2] + 1e-30)
+    offset = 0.5 * (a - c) / (a - 2 * b + c) if a - 2 * b + c < 0 else 0.0
+    return float(1200 * np.log2((k + offset) * bin_hz / f0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +419,10 @@ def evaluate(ckpt, data, split: str = "test", seed: int = 0, report=None, n_exam
                 "offharm_target": offharmonic_db(t[0].numpy(), note.pitch, config.sample_rate),
                 "offharm_baseline": None if b is None else
                 offharmonic_db(b, note.pitch, config.sample_rate),
+                "fund_sing": fundamental_cents(s[0].numpy(), note.pitch, config.sample_rate),
+                "fund_target": fundamental_cents(t[0].numpy(), note.pitch, config.sample_rate),
+                "fund_baseline": None if b is None else
+                fundamental_cents(b, note.pitch, config.sample_rate),
             }
             rows.append(row)
             if i in examples:
@@ -430,6 +463,7 @@ def _summarise(rows: list) -> dict:
         pitch = _pitch_summary([r[f"cents_{who}"] for r in pool])
         summary.update({f"{key}_{who}": value for key, value in pitch.items()})
         summary[f"offharm_db_{who}"] = _median([r[f"offharm_{who}"] for r in pool])
+    summary.update(_bass_summary(rows, with_baseline))
     per_velocity = []
     for velocity in sorted({r["velocity"] for r in rows}):
         group = [r for r in rows if r["velocity"] == velocity]
@@ -446,6 +480,23 @@ def _summarise(rows: list) -> dict:
                                         else float("nan"))
     return {"summary": summary, "per_velocity": per_velocity, "per_instrument": _per_instrument(rows),
             "notes": rows}
+
+
+def _bass_summary(rows: list, with_baseline: list) -> dict:
+    """Bass notes (f0 < BASS_HZ): how far the fundamental partial of SING and of the baseline lies
+    from the real note's (`fundamental_cents`): median |cents| and the share within PARTIAL_OK (a
+    fundamental not found counts as out of place)."""
+    def bass(pool):
+        return [r for r in pool if midi_frequency(r["pitch"]) < BASS_HZ]
+    out = {"bass_notes": len(bass(rows))}
+    for who, pool in (("sing", bass(rows)), ("baseline", bass(with_baseline))):
+        errors = [abs(r[f"fund_{who}"] - r["fund_target"]) for r in pool
+                  if r.get(f"fund_{who}") is not None and r.get("fund_target") is not None]
+        errors = np.asarray(errors, dtype=np.float64)
+        out[f"bass_fund_median_cents_{who}"] = _median(errors)
+        out[f"bass_fund_within_pct_{who}"] = (100.0 * float(np.sum(errors <= PARTIAL_OK)) / len(pool)
+                                              if pool else float("nan"))
+    return out
 
 
 def _per_instrument(rows: list) -> list:
@@ -513,6 +564,10 @@ def summary_lines(result: dict) -> list:
         f"baseline {f(s['median_abs_cents_baseline'], '.1f')}, target {f(s['median_abs_cents_target'], '.1f')}",
         f"power between the harmonics, median dB against on them: SING {f(s['offharm_db_sing'], '.1f')}, "
         f"baseline {f(s['offharm_db_baseline'], '.1f')}, target {f(s['offharm_db_target'], '.1f')}",
+        f"bass fundamentals (f0 < {BASS_HZ:.0f} Hz, {s['bass_notes']} notes) within {PARTIAL_OK:.0f} cents "
+        f"of the real note's: SING {f(s['bass_fund_within_pct_sing'], '.1f')}%, baseline "
+        f"{f(s['bass_fund_within_pct_baseline'], '.1f')}%; median |cents| SING "
+        f"{f(s['bass_fund_median_cents_sing'], '.1f')}, baseline {f(s['bass_fund_median_cents_baseline'], '.1f')}",
         f"RMS dB per velocity (SING/target): {velocities}; rises with velocity: "
         f"SING {s['loudness_rises_sing']}, target {s['loudness_rises_target']}",
         verdict(s),
@@ -641,6 +696,16 @@ def write_report(result: dict, waves: dict, out, sample_rate: int = 16000) -> Pa
         "| | SING | baseline | target (real note) |", "|---|---|---|---|",
         f"| median dB | {f(s['offharm_db_sing'], '.1f')} | {f(s['offharm_db_baseline'], '.1f')} | "
         f"{f(s['offharm_db_target'], '.1f')} |",
+        "", f"## Bass fundamentals (notes below {BASS_HZ:.0f} Hz)", "",
+        "YIN reads a note's period, which its upper harmonics carry: it can read a bass note in "
+        "tune whose fundamental is not. This is where the partial nearest f0 lies against the "
+        "real note's (`evaluate.fundamental_cents`): SING's decoder overlap-adds frames at 62.5 Hz, "
+        "and a bass fundamental near that rate can come out on it.", "",
+        f"| {s['bass_notes']} bass notes | SING | baseline |", "|---|---|---|",
+        f"| fundamental within {PARTIAL_OK:.0f} cents of the real note's (%) | "
+        f"{f(s['bass_fund_within_pct_sing'], '.1f')} | {f(s['bass_fund_within_pct_baseline'], '.1f')} |",
+        f"| median abs distance (cents) | {f(s['bass_fund_median_cents_sing'], '.1f')} | "
+        f"{f(s['bass_fund_median_cents_baseline'], '.1f')} |",
         "", "## Per instrument", "",
         "| instrument | notes | SING within 50 cents (%) | between harmonics, SING (dB) | "
         "target (dB) | spectral L1 SING | baseline |", "|---|---|---|---|---|---|---|",

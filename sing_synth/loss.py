@@ -41,12 +41,18 @@ class SpectralLoss(nn.Module):
     which are what reads as octave errors.  `between_low_hz` lets the band start lower than 0.4 f0
     under high notes: a decoder's 62.5 Hz frame-rate buzz and its 125 Hz tooth lie far below the
     fundamental of MIDI 72 and read as its pitch once the note has decayed.
+
+    `low_weight` (1 by default): the bins below `low_hz` weigh this much more (times the between
+    weight).  They are ~2% of a 16384-point spectrum, so the loss barely sees a bass note's
+    fundamental come out at the decoder's 62.5 Hz frame rate (a line plus ~7 Hz sidebands that
+    fill a 4096-point bin) instead of 65.4 Hz.  Needs the pitch like `between_weight`.
     Shape: `[B, N]`, `[B, N]` (, pitch `[B]`) -> scalar
     """
 
     def __init__(self, kind: str = "l1", n_fft=1024, hop: int = 256, eps: float = 1.0,
                  norm_db: float | None = None, max_gain_db: float = 40.0, between_weight: float = 1.0,
-                 between_low_hz: float | None = None, sample_rate: int = 16000):
+                 between_low_hz: float | None = None, low_weight: float = 1.0, low_hz: float = 150.0,
+                 sample_rate: int = 16000):
         super().__init__()
         if kind not in ("l1", "mse", "waveform"):
             raise ValueError(f"unknown loss {kind!r}: choose l1, mse or waveform")
@@ -58,6 +64,8 @@ class SpectralLoss(nn.Module):
         self.max_gain_db = max_gain_db
         self.between_weight = float(between_weight)
         self.between_low_hz = between_low_hz
+        self.low_weight = float(low_weight)
+        self.low_hz = float(low_hz)
         self.sample_rate = sample_rate
 
     def gain(self, target: torch.Tensor) -> torch.Tensor:
@@ -79,7 +87,8 @@ class SpectralLoss(nn.Module):
         freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * bin_hz
         f0 = torch.from_numpy(midi_frequency(pitch.cpu().numpy())).view(-1, 1)
         between = between_harmonics(freqs, f0, bin_hz, self.between_low_hz)
-        return (1 + (self.between_weight - 1) * between.float()).unsqueeze(-1).to(device)
+        low = 1 + (self.low_weight - 1) * (freqs < self.low_hz).float()
+        return ((1 + (self.between_weight - 1) * between.float()) * low).unsqueeze(-1).to(device)
 
     def forward(self, output: torch.Tensor, target: torch.Tensor, pitch=None) -> torch.Tensor:
         if self.kind == "waveform":
@@ -91,7 +100,7 @@ class SpectralLoss(nn.Module):
         for n_fft in self.sizes:
             diff = self.log_power(output, n_fft) - self.log_power(target, n_fft)
             error = diff.abs() if self.kind == "l1" else diff.pow(2)
-            if pitch is None or self.between_weight == 1:
+            if pitch is None or self.between_weight == self.low_weight == 1:
                 total = total + error.mean()
             else:
                 weight = self.bin_weights(pitch, n_fft, error.device)

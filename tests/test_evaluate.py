@@ -14,8 +14,8 @@ from sing_synth.cli import main
 from sing_synth.config import SingConfig
 from sing_synth.data import Note, read_examples, split_notes, write_examples, write_note
 from sing_synth.errors import UserError
-from sing_synth.evaluate import (baseline_index, baseline_note, baseline_source, estimate_f0, evaluate,
-                                 offharmonic_db, shift_pitch, summary_lines)
+from sing_synth.evaluate import (_bass_summary, baseline_index, baseline_note, baseline_source, estimate_f0,
+                                 evaluate, fundamental_cents, offharmonic_db, shift_pitch, summary_lines)
 from sing_synth.model import SING
 from sing_synth.render import evaluate_loss
 
@@ -86,6 +86,38 @@ def test_offharmonic_power_of_clean_and_subharmonic_notes(pitch):
     assert -23 < offharmonic_db(both, pitch, SAMPLE_RATE) < -17
     assert offharmonic_db(partials(pitch + 1, harmonics, amplitudes), pitch, SAMPLE_RATE) > -5
     assert math.isnan(offharmonic_db(np.zeros(LENGTH), pitch, SAMPLE_RATE))
+
+
+# --- bass fundamentals -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pitch", [28, 36, 43, 60])
+def test_fundamental_partial_of_in_tune_and_detuned_notes(pitch):
+    """In tune: within 1 cent; the fundamental alone 30 cents flat: -30 +- 2 (the harmonics
+    unmoved); silence: nan."""
+    harmonics = list(range(1, 9))
+    amplitudes = [1 / h for h in harmonics]
+    assert abs(fundamental_cents(partials(pitch, harmonics, amplitudes), pitch, SAMPLE_RATE)) < 1
+    flat = partials(pitch, [2 ** (-30 / 1200)] + harmonics[1:], amplitudes)
+    assert fundamental_cents(flat, pitch, SAMPLE_RATE) == pytest.approx(-30, abs=2)
+    assert math.isnan(fundamental_cents(np.zeros(LENGTH), pitch, SAMPLE_RATE))
+
+
+def test_a_fundamental_on_the_frame_rate_reads_off_where_yin_reads_in_tune():
+    """MIDI 36 with its fundamental at 62.5 Hz, SING's frame rate, instead of 65.4 Hz: YIN
+    (which the upper harmonics lead) reads the note within 50 cents, the fundamental reads 79
+    cents flat; the bass summary counts it out of place and the real note in place."""
+    harmonics = list(range(1, 9))
+    f0 = 440.0 * 2 ** ((36 - 69) / 12)
+    locked = partials(36, [62.5 / f0] + harmonics[1:], [1 / h for h in harmonics])
+    assert abs(cents(estimate_f0(locked, SAMPLE_RATE), 36)) < 50
+    assert fundamental_cents(locked, 36, SAMPLE_RATE) == pytest.approx(1200 * np.log2(62.5 / f0), abs=2)
+    rows = [{"pitch": 36, "fund_sing": fundamental_cents(locked, 36, SAMPLE_RATE), "fund_target": 0.0,
+             "fund_baseline": 3.0},
+            {"pitch": 60, "fund_sing": -200.0, "fund_target": 0.0, "fund_baseline": 0.0}]   # not bass
+    out = _bass_summary(rows, rows)
+    assert out["bass_notes"] == 1
+    assert out["bass_fund_within_pct_sing"] == 0 and out["bass_fund_median_cents_sing"] > 70
+    assert out["bass_fund_within_pct_baseline"] == 100 and out["bass_fund_median_cents_baseline"] == 3
 
 
 # --- baseline ------------------------------------------------------------------------------------
@@ -163,7 +195,9 @@ def test_evaluate_writes_the_report(tiny_dataset, tmp_path):
     assert all(f"]({p.name})" in report for p in pngs)
     metrics = json.loads((out / "metrics.json").read_text())   # strict JSON: no NaN
     assert metrics["summary"]["notes"] == s["notes"] and len(metrics["notes"]) == s["notes"]
-    assert {"l1_sing", "l1_baseline", "cents_sing", "cents_baseline", "db_sing"} <= set(metrics["notes"][0])
+    assert {"l1_sing", "l1_baseline", "cents_sing", "cents_baseline", "db_sing", "fund_sing",
+            "fund_target"} <= set(metrics["notes"][0])
+    assert "## Bass fundamentals" in report and "bass_notes" in metrics["summary"]
     assert [v["velocity"] for v in metrics["per_velocity"]] == [25, 50, 75, 100, 127]
 
 

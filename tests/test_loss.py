@@ -128,3 +128,27 @@ def test_between_low_hz_weighs_a_buzz_under_a_high_note():
     low = SpectralLoss("mse", n_fft=(1024, 8192), between_weight=4.0, between_low_hz=40.0)(buzz, target, pitch)
     assert weighted < plain                     # the buzz's bins are not between: outweighed
     assert low > 1.2 * plain
+
+
+def test_low_weight_weighs_a_bass_fundamental_at_the_frame_rate():
+    """MIDI 36 with its fundamental at 62.5 Hz (the decoder's frame rate) instead of 65.4 Hz, and the
+    same note with its 5th harmonic 30 cents flat: `low_weight=10` makes the first cost more than
+    twice the plain loss and leaves the second's cost below the plain one (outweighed); no pitch or
+    weight 1 is the plain loss."""
+    pitch = torch.tensor([36])
+    harmonics = {h: 0.3 / h for h in range(1, 8)}
+    target = _tones(36, harmonics, seconds=2.0)
+    t = torch.arange(32000, dtype=torch.float64) / 16000
+    f0 = 440.0 * 2 ** ((36 - 69) / 12)
+    locked = (target - _tones(36, {1: 0.3}, seconds=2.0)
+              + 0.3 * torch.sin(2 * np.pi * 62.5 * t + 1).float()[None])
+    upper = (target - _tones(36, {5: 0.06}, seconds=2.0)
+             + 0.06 * torch.sin(2 * np.pi * 5 * f0 * 2 ** (-30 / 1200) * t + 5).float()[None])
+    sizes = (1024, 4096, 16384)
+    plain = SpectralLoss("mse", n_fft=sizes)
+    low = SpectralLoss("mse", n_fft=sizes, low_weight=10.0)
+    assert torch.allclose(low(locked, target), plain(locked, target))                   # no pitch
+    assert torch.allclose(SpectralLoss("mse", n_fft=sizes, low_weight=1.0)(locked, target, pitch),
+                          plain(locked, target))
+    assert low(locked, target, pitch) > 2 * plain(locked, target)
+    assert low(upper, target, pitch) < plain(upper, target)
