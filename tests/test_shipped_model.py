@@ -1,8 +1,10 @@
 """The shipped model (models/sing-small-fluidr3.pt, see models/MODEL_CARD.md): it loads safely,
 is small, knows every preset's instruments, plays the pitched presets in tune at MIDI 48, 60 and
 72 -- all but one: the drawbar organ at 48 reads 50-53 cents off its soundfont's reading (its 16'
-partial comes out at 62.7 Hz, the decoder's 62.5 Hz frame rate, instead of 65.3), where the issue
-asks for none; every other note is within 10 cents -- and gets louder with velocity.
+partial comes out at 62.7 Hz, the decoder's 62.5 Hz frame rate, instead of 65.3: the model's bass
+fundamentals lie on a comb around 62.5 Hz, `evaluate.fundamental_cents`, and this note is the one
+whose period its 16' partial sets), where the issue asks for none; every other note is within 10
+cents -- and gets louder with velocity.
 
 "In tune": the note's f0 (YIN, `evaluate.estimate_f0`, over 0.25-2.5 s) within 50 cents of the
 MIDI pitch -- or, where the soundfont's own note of the preset's instrument does not read at the
