@@ -147,8 +147,8 @@ def fundamental_cents(wave, pitch, sample_rate: int, span_cents: float = 300.0) 
 
     YIN reads a note's period, which its upper harmonics carry, so it can read a bass note in tune
     whose fundamental is not: SING's decoder overlap-adds frames at 62.5 Hz, and a bass
-    fundamental near that rate can come out on it (MIDI 36: 62.5 Hz for 65.4 Hz, 72 cents flat,
-    with sidebands).  Compare with the real note's reading (`fundamental_cents` of the target):
+    fundamental near that rate can come out on it (MIDI 36: 62.7 Hz for 65.4 Hz, 72 cents flat,
+    with ~7 Hz sidebands).  Compare with the real note's reading (`fundamental_cents` of the target):
     a soundfont's sample may be tuned a few cents off.
     """
     held = held_part(wave)
