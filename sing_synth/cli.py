@@ -60,6 +60,10 @@ def add_train(sub):
     p.add_argument("--channels", type=int, default=0, help="override the size's decoder channels")
     p.add_argument("--steps", type=int, default=0,
                    help="frames per note (default 265: 4-s notes); the data's notes must match")
+    p.add_argument("--phase-harmonics", type=int, default=0, metavar="K",
+                   help="also feed the LSTM the phase of the pitch's first K harmonics at each frame "
+                        "(default 0: SING as published); with --init-from a model with fewer, the new "
+                        "inputs start at zero weight")
     p.add_argument("--epochs", type=int_tuple(3), default=(50, 50, 20),
                    help="epochs per phase: autoencoder,sequence,end_to_end (one number for all)")
     p.add_argument("--batch-size", type=int_tuple(3), default=(64, 64, 64), help="per phase, as --epochs")
@@ -120,7 +124,7 @@ def run_train(args) -> int:
     from .train import TrainSettings, train
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
-        lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, epochs=args.epochs,
+        lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, phase_harmonics=args.phase_harmonics, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, between_weight=args.between_weight, between_low_hz=args.between_low_hz, low_weight=args.low_weight, low_hz=args.low_hz, train_split=args.train_split, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,

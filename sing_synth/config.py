@@ -15,6 +15,11 @@ class SingConfig:
     pitch_dim: int = 8
     velocity_dim: int = 2
     time_dim: int = 4
+    # harmonics of each note's pitch whose phase at every frame (cos, sin) also feeds the LSTM; 0 is
+    # SING as published.  The decoder's frames start 62.5 times a second, so a partial at f needs
+    # embeddings that turn at f - 62.5 k Hz: for bass partials that is a slow oscillation the LSTM
+    # does not make on its own (their fundamentals land on a comb around 62.5 Hz).
+    phase_harmonics: int = 0
     # the sequence generator: a stacked LSTM, then Linear(hidden -> embedding_dim) per step
     lstm_hidden: int = 1024
     lstm_layers: int = 3

@@ -124,7 +124,7 @@ class FastRenderer(nn.Module):
         parts, state, done, head = [], None, 0, None
         if head_frames > 0:
             done = min(steps, head_frames + config.kernel - 1)
-            out, state = seq.run(symbols, 0, done, None)
+            out, state = seq.run(symbols, pitch, 0, done, None)
             parts.append(out)
             head = self.frames(self.windows(out))
             yield self.head_wave(head)
@@ -132,7 +132,7 @@ class FastRenderer(nn.Module):
         bounds = [done + round((steps - done) * i / chunks) for i in range(chunks + 1)]
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                out, state = seq.run(symbols, a, b - a, state)
+                out, state = seq.run(symbols, pitch, a, b - a, state)
                 parts.append(out)
                 yield
         windows = self.windows(torch.cat(parts, dim=1))

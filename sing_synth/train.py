@@ -14,7 +14,7 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -31,6 +31,7 @@ from .device import resolve_device
 from .errors import UserError
 from .loss import SpectralLoss
 from .model import SING, Autoencoder
+from .sequence import widen_phase_inputs
 
 PHASES = ("autoencoder", "sequence", "end_to_end")
 STATE_FILE = "train_state.pt"
@@ -48,6 +49,7 @@ class TrainSettings:
     lstm_layers: int = 0
     channels: int = 0
     steps: int = 0                  # 0: the size's own (265 frames, 4-s notes); fewer for short notes
+    phase_harmonics: int = 0        # pitch harmonics whose phase feeds the LSTM (SingConfig); 0: none
     epochs: tuple = (50, 50, 20)    # per phase
     batch_size: tuple = (64, 64, 64)
     lr: float = 3e-4
@@ -97,7 +99,7 @@ class SequenceChunk(nn.Module):
 
     def forward(self, instrument, pitch, velocity, start: int, steps: int, state=None):
         seq = self.sequence_generator
-        return seq.run(seq.symbols(instrument, pitch, velocity), start, steps, state)
+        return seq.run(seq.symbols(instrument, pitch, velocity), pitch, start, steps, state)
 
 
 class CroppedAutoencoder(nn.Module):
@@ -130,7 +132,7 @@ class CroppedSing(nn.Module):
     def forward(self, instrument, pitch, velocity, start: int, frames: int):
         seq = self.model.sequence_generator
         end = start + frames + self.model.config.kernel - 1
-        embeddings, _ = seq.run(seq.symbols(instrument, pitch, velocity), 0, end)
+        embeddings, _ = seq.run(seq.symbols(instrument, pitch, velocity), pitch, 0, end)
         return self.model.decoder.forward_crop(embeddings[:, start:].transpose(1, 2))
 
 
@@ -194,7 +196,7 @@ class Trainer:
             raise UserError(f"{s.data}: no notes left after the filters")
         self.instruments = instrument_names(notes)
         overrides = {"n_instruments": max(self.instruments) + 1}
-        for name in ("lstm_hidden", "lstm_layers", "channels", "steps"):
+        for name in ("lstm_hidden", "lstm_layers", "channels", "steps", "phase_harmonics"):
             if getattr(s, name):
                 overrides[name] = getattr(s, name)
         self.config = named_config(s.size, **overrides)
@@ -297,13 +299,16 @@ class Trainer:
         """Starts from a checkpoint's weights (an fp16 shipped model is widened to fp32).  The
         encoder is not in a SING checkpoint: skip phase 1 (``--epochs 0,...``) or retrain it."""
         ckpt = load_checkpoint(path)
-        if ckpt.model.config != self.config:
-            raise UserError(f"{path}: its config differs from this run's (size, steps, instruments)")
+        theirs = ckpt.model.config.phase_harmonics
+        if replace(ckpt.model.config, phase_harmonics=self.config.phase_harmonics) != self.config \
+                or theirs > self.config.phase_harmonics:
+            raise UserError(f"{path}: its config differs from this run's (size, steps, instruments, "
+                            f"phase harmonics {theirs})")
         names = {int(k): str(v) for k, v in ckpt.instruments.items()}
         if names != {int(k): str(v) for k, v in self.instruments.items()}:
             raise UserError(f"{path}: its instruments differ from the data's")
-        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                                    for k, v in ckpt.model.state_dict().items()})
+        state = widen_phase_inputs(ckpt.model.state_dict(), self.config.phase_harmonics)
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
 
     def run_metadata(self) -> dict:
         meta = dict(self.settings.metadata)

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -9,13 +11,14 @@ from sing_synth.model import SING
 CONFIG = SingConfig(n_instruments=6, lstm_hidden=16, lstm_layers=2, channels=32)
 
 
-def test_round_trip_is_exact(tmp_path):
+@pytest.mark.parametrize("config", [CONFIG, replace(CONFIG, phase_harmonics=2)])
+def test_round_trip_is_exact(tmp_path, config):
     torch.manual_seed(0)
-    model = SING(CONFIG)
+    model = SING(config)
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, {0: "flute", 5: "organ"}, {"seed": 3})
     ckpt = load_checkpoint(path)
-    assert ckpt.model.config == CONFIG
+    assert ckpt.model.config == config
     assert ckpt.instruments == {0: "flute", 5: "organ"}
     assert ckpt.metadata == {"seed": 3}
     for name, tensor in model.state_dict().items():

@@ -10,10 +10,13 @@ def relative_l2(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fast_path_matches_reference(dtype):
+@pytest.mark.parametrize("dtype, harmonics", [(torch.float32, 0), (torch.bfloat16, 0), (torch.float32, 8),
+                                               (torch.bfloat16, 8)])
+def test_fast_path_matches_reference(dtype, harmonics):
     torch.manual_seed(0)
-    model = SING(named_config("small", n_instruments=20)).eval()
+    model = SING(named_config("small", n_instruments=20, phase_harmonics=harmonics)).eval()
+    if harmonics:   # weights on the phase inputs as large as the others'
+        torch.nn.init.uniform_(model.sequence_generator.lstm.weight_ih_l0, -0.2, 0.2)
     instrument, pitch, velocity = torch.tensor([0, 7, 19]), torch.tensor([21, 60, 108]), torch.tensor([0, 2, 4])
     with torch.no_grad():
         reference = model(instrument, pitch, velocity)

@@ -12,7 +12,7 @@ def expected_parameters(c: SingConfig) -> int:
     """SING's parameter count from the layer formulas (SING.md, "Architecture")."""
     tables = (c.n_instruments * c.instrument_dim + c.n_pitches * c.pitch_dim
               + c.n_velocities * c.velocity_dim + c.steps * c.time_dim)
-    lstm_in = c.instrument_dim + c.pitch_dim + c.velocity_dim + c.time_dim
+    lstm_in = c.instrument_dim + c.pitch_dim + c.velocity_dim + c.time_dim + 2 * c.phase_harmonics
     h = c.lstm_hidden
     lstm = 4 * h * (lstm_in + h) + 8 * h + (c.lstm_layers - 1) * (4 * h * (2 * h) + 8 * h)
     linear = h * c.embedding_dim + c.embedding_dim
@@ -29,11 +29,13 @@ def test_reference_arithmetic():
     assert (config.steps - 1) * config.stride + config.frame == 64000 + 2 * 2304
 
 
-@pytest.mark.parametrize("size", ["full", "base", "small"])
-def test_parameter_count_matches_formula(size):
-    config = named_config(size, n_instruments=1006)
+@pytest.mark.parametrize("size, harmonics", [("full", 0), ("base", 0), ("small", 0), ("small", 8)])
+def test_parameter_count_matches_formula(size, harmonics):
+    config = named_config(size, n_instruments=1006, phase_harmonics=harmonics)
     model = SING(config)
     assert count_parameters(model) == expected_parameters(config)
+    if harmonics:    # the phase table is computed, not a parameter, and not saved
+        assert "sequence_generator.phases" not in model.state_dict()
     if size == "full":   # SING.md: ~63.7 M parameters at full size
         assert abs(count_parameters(model) - 63.7e6) < 0.1e6
 

@@ -237,6 +237,32 @@ def test_init_from_continues_a_finished_model(short_dataset, tmp_path):
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "config" in refused.stderr
 
 
+def test_init_from_adds_phase_inputs_to_a_trained_model(short_dataset, tmp_path):
+    """--phase-harmonics with --init-from a model without them: the run starts from exactly its
+    notes (the new inputs at zero weight), trains them, and saves a model that rebuilds itself;
+    going back to fewer harmonics is refused in one line."""
+    first = subprocess.run(train_command(short_dataset, tmp_path / "a", "--epochs", "1,1,0"),
+                           capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    plain = load_checkpoint(tmp_path / "a" / "model.pt").model
+    command = train_command(short_dataset, tmp_path / "b", "--phase-harmonics", "3", "--init-from",
+                            str(tmp_path / "a" / "model.pt"))
+    start = subprocess.run(command + ["--epochs", "0,0,0"], capture_output=True, text=True)
+    assert start.returncode == 0, start.stderr
+    wide = load_checkpoint(tmp_path / "b" / "model.pt").model
+    assert wide.config.phase_harmonics == 3
+    symbols = torch.tensor([0, 1]), torch.tensor([55, 64]), torch.tensor([1, 3])
+    with torch.no_grad():
+        assert torch.equal(wide(*symbols), plain(*symbols))
+    trained = subprocess.run(command + ["--epochs", "0,0,1", "--resume"], capture_output=True, text=True)
+    assert trained.returncode == 0, trained.stderr
+    weight = load_checkpoint(tmp_path / "b" / "model.pt").model.sequence_generator.lstm.weight_ih_l0
+    assert weight[:, -6:].abs().max() > 0
+    back = subprocess.run(train_command(short_dataset, tmp_path / "c", "--epochs", "0,0,1", "--init-from",
+                                        str(tmp_path / "b" / "model.pt")), capture_output=True, text=True)
+    assert back.returncode == 2 and back.stderr.count("\n") == 1 and "phase harmonics 3" in back.stderr
+
+
 def test_torchrun_two_processes_on_gloo(short_dataset, tmp_path):
     run = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
