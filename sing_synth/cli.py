@@ -92,6 +92,9 @@ def add_train(sub):
                         "loss (bass fundamentals near the decoder's 62.5 Hz frame rate; default 1)")
     p.add_argument("--low-hz", type=float, default=150.0, metavar="HZ",
                    help="the top of the band --low-weight weighs (default 150)")
+    p.add_argument("--comb-weight", type=float, default=0.0, metavar="W",
+                   help="add W times a loss term on the part of each note that repeats every hop (the "
+                        "decoder's 62.5 Hz frame-rate comb, where bass partials get pulled); training only")
     p.add_argument("--train-split", default="train", choices=["train", "train+valid"],
                    help="train+valid: a final model on every note but the test split's, for "
                         "`sing-synth eval --split test` (validation then scores notes it trained on)")
@@ -125,7 +128,7 @@ def run_train(args) -> int:
     settings = TrainSettings(
         data=args.data, out=args.out, size=args.size, lstm_hidden=args.lstm_hidden,
         lstm_layers=args.lstm_layers, channels=args.channels, steps=args.steps, phase_harmonics=args.phase_harmonics, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, between_weight=args.between_weight, between_low_hz=args.between_low_hz, low_weight=args.low_weight, low_hz=args.low_hz, train_split=args.train_split, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
+        batch_size=args.batch_size, lr=args.lr, loss=args.loss, resolutions=args.resolutions, loss_eps=args.loss_eps, loss_norm_db=args.loss_norm_db, between_weight=args.between_weight, between_low_hz=args.between_low_hz, low_weight=args.low_weight, low_hz=args.low_hz, comb_weight=args.comb_weight, train_split=args.train_split, bptt=args.bptt, crop=args.crop, amp=not args.no_amp,
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,

@@ -46,13 +46,20 @@ class SpectralLoss(nn.Module):
     weight).  They are ~2% of a 16384-point spectrum, so the loss barely sees a bass note's
     fundamental come out at the decoder's 62.5 Hz frame rate (a line plus ~7 Hz sidebands that
     fill a 4096-point bin) instead of 65.4 Hz.  Needs the pitch like `between_weight`.
+    `comb_weight` (0 by default): adds that much of a term on the frame-rate comb: the spectrum
+    (`hop`-point FFT) of the mean of the `hop`-sample stretches of the note, log power against
+    the target's.  Only a part of the wave that repeats every hop survives the mean: the decoder
+    makes it by repeating a frame, and it comes out at multiples of 62.5 Hz.  A bass partial
+    pulled onto that comb (65.4 Hz -> 62.5) shares an STFT bin with the real one even at 8192
+    points, so the STFT terms hardly tell them apart; here the real one averages away (it turns
+    by 0.047 of a cycle per hop) and the repeated one does not.  Training only, like the weights.
     Shape: `[B, N]`, `[B, N]` (, pitch `[B]`) -> scalar
     """
 
     def __init__(self, kind: str = "l1", n_fft=1024, hop: int = 256, eps: float = 1.0,
                  norm_db: float | None = None, max_gain_db: float = 40.0, between_weight: float = 1.0,
                  between_low_hz: float | None = None, low_weight: float = 1.0, low_hz: float = 150.0,
-                 sample_rate: int = 16000):
+                 comb_weight: float = 0.0, sample_rate: int = 16000):
         super().__init__()
         if kind not in ("l1", "mse", "waveform"):
             raise ValueError(f"unknown loss {kind!r}: choose l1, mse or waveform")
@@ -66,6 +73,7 @@ class SpectralLoss(nn.Module):
         self.between_low_hz = between_low_hz
         self.low_weight = float(low_weight)
         self.low_hz = float(low_hz)
+        self.comb_weight = float(comb_weight)
         self.sample_rate = sample_rate
 
     def gain(self, target: torch.Tensor) -> torch.Tensor:
@@ -79,6 +87,13 @@ class SpectralLoss(nn.Module):
         # the STFT in fp32 even under autocast: log(1 + |X|^2) of bf16 spectra is too coarse
         window = torch.hann_window(n_fft, device=wave.device)
         spec = torch.stft(wave.float(), n_fft, self.hop, window=window, center=False, return_complex=True)
+        return torch.log(self.eps + spec.real ** 2 + spec.imag ** 2)
+
+    def comb_log_power(self, wave: torch.Tensor) -> torch.Tensor:
+        """`[B, N]` -> `[B, hop // 2 + 1]`: log power of the part of the wave that repeats every hop."""
+        hops = wave.shape[-1] // self.hop
+        repeated = wave[:, :hops * self.hop].float().reshape(wave.shape[0], hops, self.hop).mean(dim=1)
+        spec = torch.fft.rfft(repeated)
         return torch.log(self.eps + spec.real ** 2 + spec.imag ** 2)
 
     def bin_weights(self, pitch, n_fft: int, device) -> torch.Tensor:
@@ -105,4 +120,8 @@ class SpectralLoss(nn.Module):
             else:
                 weight = self.bin_weights(pitch, n_fft, error.device)
                 total = total + (error * weight).mean() / weight.mean()
-        return total / len(self.sizes)
+        total = total / len(self.sizes)
+        if pitch is not None and self.comb_weight:
+            diff = self.comb_log_power(output) - self.comb_log_power(target)
+            total = total + self.comb_weight * (diff.abs() if self.kind == "l1" else diff.pow(2)).mean()
+        return total

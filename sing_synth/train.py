@@ -63,6 +63,7 @@ class TrainSettings:
     between_low_hz: float | None = None  # where that band starts under high notes (default 0.4 f0)
     low_weight: float = 1.0         # training loss weight of the bins below low_hz (SpectralLoss)
     low_hz: float = 150.0
+    comb_weight: float = 0.0        # training loss: weight of the frame-rate comb term (SpectralLoss)
     train_split: str = "train"      # "train+valid": a final model on every note but the test
                                     # split's (validation is then on notes it trained on)
     bptt: int = 32
@@ -165,7 +166,7 @@ class Trainer:
         self.encoder = ConvEncoder(self.config).to(self.device)
         self.loss = SpectralLoss(s.loss, n_fft=s.resolutions, eps=s.loss_eps, norm_db=s.loss_norm_db,
                                  between_weight=s.between_weight, between_low_hz=s.between_low_hz,
-                                 low_weight=s.low_weight, low_hz=s.low_hz, sample_rate=self.config.sample_rate).to(self.device)
+                                 low_weight=s.low_weight, low_hz=s.low_hz, comb_weight=s.comb_weight, sample_rate=self.config.sample_rate).to(self.device)
         self.phase, self.epoch = 0, 0     # next phase and the epochs it has finished
         self.optimizer = None
         self.crop_rng = random.Random(s.seed)
@@ -175,6 +176,8 @@ class Trainer:
             raise UserError(f"--between-weight must be > 0, got {s.between_weight}")
         if s.between_low_hz is not None and not s.between_low_hz > 0:
             raise UserError(f"--between-low-hz must be > 0, got {s.between_low_hz}")
+        if not s.comb_weight >= 0:
+            raise UserError(f"--comb-weight must be >= 0, got {s.comb_weight}")
         if not (s.low_weight > 0 and s.low_hz > 0):
             raise UserError(f"--low-weight and --low-hz must be > 0, got {s.low_weight} and {s.low_hz}")
         self._check_oversample()

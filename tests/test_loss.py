@@ -152,3 +152,25 @@ def test_low_weight_weighs_a_bass_fundamental_at_the_frame_rate():
                           plain(locked, target))
     assert low(locked, target, pitch) > 2 * plain(locked, target)
     assert low(upper, target, pitch) < plain(upper, target)
+
+
+def test_comb_weight_sees_a_bass_fundamental_repeated_at_the_frame_rate():
+    """On a crop of 64 frames (15,616 samples), MIDI 36 with its fundamental at 62.5 Hz instead of
+    65.4 Hz barely costs more than a flat 5th harmonic under STFTs up to 8192 points; the comb term
+    (the spectrum of the part that repeats every hop) makes it cost 4x, and leaves the flat 5th
+    harmonic, which does not repeat every hop, as it was.  Training only (no pitch: plain loss)."""
+    pitch, n = torch.tensor([36]), 15616
+    harmonics = {h: 0.3 / h for h in range(1, 8)}
+    target = _tones(36, harmonics)[:, :n]
+    t = torch.arange(n, dtype=torch.float64) / 16000
+    f0 = 440.0 * 2 ** ((36 - 69) / 12)
+    locked = target - _tones(36, {1: 0.3})[:, :n] + 0.3 * torch.sin(2 * np.pi * 62.5 * t + 1).float()[None]
+    upper = (target - _tones(36, {5: 0.06})[:, :n]
+             + 0.06 * torch.sin(2 * np.pi * 5 * f0 * 2 ** (-30 / 1200) * t + 5).float()[None])
+    options = dict(n_fft=(1024, 4096, 8192), norm_db=-30)
+    plain, comb = SpectralLoss("mse", **options), SpectralLoss("mse", comb_weight=1.0, **options)
+    assert plain(locked, target, pitch) < 1.5 * plain(upper, target, pitch)
+    assert comb(locked, target, pitch) > 4 * plain(locked, target, pitch)
+    assert comb(upper, target, pitch) == pytest.approx(plain(upper, target, pitch).item(), rel=1e-3)
+    assert comb(locked, target) == plain(locked, target)
+    assert comb(target, target, pitch) == 0
