@@ -31,6 +31,8 @@ def test_pitch_phases_are_each_harmonics_phase_at_each_frame():
 def test_chunked_runs_see_the_phases_of_their_own_frames():
     torch.manual_seed(0)
     seq = SING(replace(CONFIG, phase_harmonics=3)).sequence_generator.eval()
+    assert torch.all(seq.lstm.weight_ih_l0[:, -6:] == 0)     # a new model's phase weights start at zero
+    torch.nn.init.uniform_(seq.lstm.weight_ih_l0, -0.2, 0.2)
     instrument, pitch, velocity = torch.tensor([1, 3]), torch.tensor([36, 90]), torch.tensor([0, 4])
     symbols = seq.symbols(instrument, pitch, velocity)
     with torch.no_grad():
