@@ -51,7 +51,7 @@ if [ $DATA_OK = 1 ]; then
   LEFT=$(( TOTAL - $(el) - 25 ))
   log "training for ${LEFT}s"
   M() { python3 -c "print(round($1/60, 3))"; }
-  B="python3 -m sing_synth train --data data/device-fluidr3 --out runs/base-gpu --size base --seed 0 --batch-size 32 --lr 3e-4 --loss mse --resolutions 1024,4096 --loss-norm-db -30 --resume --no-progress"
+  B="python3 -m sing_synth train --data data/device-fluidr3 --out runs/base-gpu --size base --seed 0 --batch-size 32 --lr 3e-4 --loss mse --resolutions 1024,4096,8192 --loss-norm-db -30 --phase-harmonics 8 --comb-weight 0.1 --resume --no-progress"
   # one job at a time: two launch-bound trainings on one GPU ran 5x slower each (2026-11-26)
   { $B --epochs 500,0,0 --time-limit $(M $((LEFT*12/100))) && $B --epochs 0,500,0 --time-limit $(M $((LEFT*10/100))) \
     && $B --epochs 0,0,999 --time-limit $(M $((LEFT*48/100))); } > $L/base.log 2>&1
