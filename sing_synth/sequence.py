@@ -9,14 +9,13 @@ from .config import SingConfig
 
 # The phase inputs are cos/sin times this.  Their LSTM weights start at zero (a model widened from
 # one without them renders as before); Adam moves a weight by about the learning rate per step
-# whatever its input, so a larger input makes these weights act sooner: at gain 1 they stayed at
-# 7% of the other input weights' size after an epoch of the shipped model's fine-tuning.
+# whatever its input, so a larger input lets those weights reach a useful size in fewer steps.
 PHASE_GAIN = 8.0
 
 
 def pitch_phases(config: SingConfig) -> torch.Tensor:
     """cos and sin of the phase of harmonics 1..K of every MIDI pitch (equal temperament, A4 =
-    440 Hz) at the start of every frame (`frame * stride` samples), K = `phase_harmonics`.
+    440 Hz) at the start of every frame (frame n starts at sample n * stride), K = `phase_harmonics`.
 
     Shape: `[n_pitches, steps, 2 K]` float32
     """

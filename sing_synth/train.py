@@ -200,6 +200,8 @@ class Trainer:
         self.instruments = instrument_names(notes)
         overrides = {"n_instruments": max(self.instruments) + 1}
         for name in ("lstm_hidden", "lstm_layers", "channels", "steps", "phase_harmonics"):
+            if getattr(s, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(s, name)}")
             if getattr(s, name):
                 overrides[name] = getattr(s, name)
         self.config = named_config(s.size, **overrides)

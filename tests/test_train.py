@@ -210,6 +210,9 @@ def test_between_weight_changes_training_not_validation(short_dataset, tmp_path)
     refused = subprocess.run(train_command(short_dataset, tmp_path / "f", "--comb-weight", "-1"),
                              capture_output=True, text=True)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--comb-weight" in refused.stderr
+    refused = subprocess.run(train_command(short_dataset, tmp_path / "g", "--phase-harmonics", "-2"),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "--phase-harmonics" in refused.stderr
 
 
 def test_oversample_of_an_unknown_instrument_is_refused(short_dataset, tmp_path):
