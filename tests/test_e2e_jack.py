@@ -149,7 +149,11 @@ def test_harness_with_standin(jack_server, capture, midi_sender):  # noqa: F811
         f0 = fundamental(held(x, lat))
         midi_sender.send(midi_sender.note_off(69))
         assert abs(H.cents(f0, 440.0)) < 5, f0
-        assert PERIOD <= lat <= 4 * PERIOD, lat
+        # JACK2 may run the stand-in's MIDI client before its audio client in the note-on's own
+        # cycle: its sine (sin 0 = 0 first) then sounds from the second frame.  Nothing sounds
+        # before the note-on, and it sounds within 4 periods.
+        assert np.abs(capture.mono(f - PERIOD, f)).max() < SILENT
+        assert 0 <= lat <= 4 * PERIOD, lat
         assert s.status_values("xruns"), s.stderr_text()
     assert s.proc.returncode == 0, s.stderr_text()
     print(f"stand-in latency {lat} frames ({lat / RATE * 1000:.2f} ms)")
