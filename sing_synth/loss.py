@@ -86,15 +86,20 @@ class SpectralLoss(nn.Module):
         """`[B, N]` -> `[B, n_fft // 2 + 1, frames]`."""
         # the STFT in fp32 even under autocast: log(1 + |X|^2) of bf16 spectra is too coarse
         window = torch.hann_window(n_fft, device=wave.device)
-        spec = torch.stft(wave.float(), n_fft, self.hop, window=window, center=False, return_complex=True)
-        return torch.log(self.eps + spec.real ** 2 + spec.imag ** 2)
+        return self._log(torch.stft(wave.float(), n_fft, self.hop, window=window, center=False,
+                                    return_complex=True))
 
     def comb_log_power(self, wave: torch.Tensor) -> torch.Tensor:
         """`[B, N]` -> `[B, hop // 2 + 1]`: log power of the part of the wave that repeats every hop."""
         hops = wave.shape[-1] // self.hop
         repeated = wave[:, :hops * self.hop].float().reshape(wave.shape[0], hops, self.hop).mean(dim=1)
-        spec = torch.fft.rfft(repeated)
+        return self._log(torch.fft.rfft(repeated))
+
+    def _log(self, spec: torch.Tensor) -> torch.Tensor:
         return torch.log(self.eps + spec.real ** 2 + spec.imag ** 2)
+
+    def _error(self, diff: torch.Tensor) -> torch.Tensor:
+        return diff.abs() if self.kind == "l1" else diff.pow(2)
 
     def bin_weights(self, pitch, n_fft: int, device) -> torch.Tensor:
         """`[B]` MIDI pitches -> `[B, n_fft // 2 + 1, 1]` weights of the bins."""
@@ -114,7 +119,7 @@ class SpectralLoss(nn.Module):
         total = 0.0
         for n_fft in self.sizes:
             diff = self.log_power(output, n_fft) - self.log_power(target, n_fft)
-            error = diff.abs() if self.kind == "l1" else diff.pow(2)
+            error = self._error(diff)
             if pitch is None or self.between_weight == self.low_weight == 1:
                 total = total + error.mean()
             else:
@@ -123,5 +128,5 @@ class SpectralLoss(nn.Module):
         total = total / len(self.sizes)
         if pitch is not None and self.comb_weight:
             diff = self.comb_log_power(output) - self.comb_log_power(target)
-            total = total + self.comb_weight * (diff.abs() if self.kind == "l1" else diff.pow(2)).mean()
+            total = total + self.comb_weight * self._error(diff).mean()
         return total
