@@ -38,7 +38,7 @@ log "render bench rc $?"
 pack
 fi
 if echo "$IMP" | grep -q "soxr=0"; then
-  timeout 60 python3 -m bench.render --device cuda --sizes small --batches 1 --paths fast --min-time 0 \
+  [ -z "${SKIP_LIVE:-}" ] && timeout 60 python3 -m bench.render --device cuda --sizes small --batches 1 --paths fast --min-time 0 \
     --urgent 100 --prewarm piano --markdown $L/live-cuda.md > $L/live.log 2>&1
   log "live rc $?"
   if [ $JACKOK = 1 ]; then
@@ -48,23 +48,21 @@ if echo "$IMP" | grep -q "soxr=0"; then
   pack
 fi
 if [ $DATA_OK = 1 ]; then
-  LEFT=$(( TOTAL - $(el) - 25 ))
+  LEFT=$(( TOTAL - $(el) - 30 ))
   log "training for ${LEFT}s"
   M() { python3 -c "print(round($1/60, 3))"; }
-  B="python3 -m sing_synth train --data data/device-fluidr3 --out runs/base-gpu --size base --seed 0 --batch-size 32 --lr 3e-4 --loss mse --resolutions 1024,4096,8192 --loss-norm-db -30 --phase-harmonics 8 --comb-weight 0.1 --resume --no-progress"
-  # one job at a time: two launch-bound trainings on one GPU ran 5x slower each (2026-11-26)
-  { $B --epochs 500,0,0 --time-limit $(M $((LEFT*12/100))) && $B --epochs 0,500,0 --time-limit $(M $((LEFT*10/100))) \
-    && $B --epochs 0,0,999 --time-limit $(M $((LEFT*48/100))); } > $L/base.log 2>&1
-  log "base done rc $?"
-  python3 -m sing_synth train --data data/device-fluidr3 --out runs/small-gpu --size small --seed 0 \
-    --init-from models/sing-small-fluidr3.pt --epochs 0,0,999 --crop 64 --batch-size 16 --lr 1e-4 --loss mse \
-    --resolutions 1024,4096 --loss-norm-db -30 --resume --no-progress --time-limit $(M $((LEFT*25/100))) > $L/small.log 2>&1
-  log "small done rc $?"
-  cp runs/base-gpu/metrics.csv $L/base-metrics.csv; cp runs/small-gpu/metrics.csv $L/small-metrics.csv
-  python3 -m sing_synth convert runs/small-gpu/model.pt $OUT/small-gpu-half.pt --half >> $L/small.log 2>&1
-  python3 -m sing_synth convert runs/base-gpu/model.pt runs/base-gpu/half.pt --half >> $L/base.log 2>&1 \
-    && split -b 15M -d runs/base-gpu/half.pt $OUT/base-gpu-half.pt.part
-  log "converted"
+  # `small` from scratch with phase inputs and the comb term (issue 3: the bass); the weights come
+  # back in parts and training goes on from them on a CPU (--init-from). One job at a time: two
+  # launch-bound trainings on one GPU ran 5x slower each (2026-11-26).
+  O="python3 -m sing_synth train --data data/device-fluidr3 --size small --seed 0 --loss mse --resolutions 1024,4096,8192 --loss-norm-db -30 --phase-harmonics 8 --comb-weight 0.1 --resume --no-progress"
+  $O --out runs/phase-gpu --epochs 2,2,2 --batch-size 16 --lr 1e-3 --time-limit $(M $((LEFT*30/100))) > $L/phase.log 2>&1
+  log "phases done rc $?"
+  $O --out runs/phase-gpu-crop --init-from runs/phase-gpu/model.pt --epochs 0,0,999 --crop 64 --batch-size 32 \
+    --lr 1e-3 --between-weight 4 --between-low-hz 40 --time-limit $(M $(( TOTAL - $(el) - 40 ))) > $L/crop.log 2>&1
+  log "crop done rc $?"
+  cp runs/phase-gpu/metrics.csv $L/phase-metrics.csv; cp runs/phase-gpu-crop/metrics.csv $L/crop-metrics.csv
+  split -b 12M -d runs/phase-gpu-crop/model.pt $OUT/phase-crop.pt.part
+  log "split"
 fi
 ls -la $OUT >> $L/steps.log
 log "end"
