@@ -294,6 +294,48 @@ def urgent_benchmark(checkpoint, notes=100, device=None, threads=None, stream_ra
             "p99_ms": _percentile(delays, 99), "max_ms": max(delays, default=math.nan)}
 
 
+def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=None,
+                       threads=None, stream_rate=48000) -> dict:
+    """Keys pressed while their note is in flight in a prewarm batch of ``batch`` notes (the
+    GPU's prewarm batch is 32): request -> ready, the renderer's own clock.  ``render_ms``: the
+    model's steps are replaced by a wait of that many ms per batch, which puts a CPU in a GPU's
+    regime (a graphed 32-note batch of `small` takes a few ms on an H100), so that what is
+    measured is the rest of the batch's way: resampling each note and handing it over."""
+    from sing_synth.checkpoint import load_checkpoint
+    from sing_synth.engine import NoteRenderer, instrument_key
+    with NoteRenderer(load_checkpoint(checkpoint), stream_rate=stream_rate, cache_mb=4096,
+                      threads=threads, device=device, prewarm_batch_size=batch,
+                      graphs=False if render_ms is not None else None) as renderer:
+        if render_ms is not None:
+            renderer.fast.stages = _waiting_stages(render_ms / 1e3, renderer.config.length)
+        names = list(renderer.instruments.values())
+        notes = [(instrument_key(n), p, v) for n in names for p in range(36, 84) for v in (1, 3)]
+        renderer.prewarm(notes[:max(2 * keys * batch, 4 * batch)])
+        pressed, deadline = 0, time.perf_counter() + 300
+        while pressed < keys and time.perf_counter() < deadline and not renderer.wait_idle(0.015):
+            with renderer._cond:
+                flying = [k for k in renderer._in_flight if k not in renderer._requested_at]
+            if flying and renderer.request(flying[-1]) is None:    # still in flight: pressed
+                pressed += 1
+        renderer.wait_idle()
+        delays = renderer.urgent_delays_ms
+        status = renderer.status()
+    return {"device": status["device"], "batch": batch, "render_ms": render_ms, "notes": len(delays),
+            "p50_ms": statistics.median(delays) if delays else math.nan,
+            "p99_ms": _percentile(delays, 99), "max_ms": max(delays, default=math.nan)}
+
+
+def _waiting_stages(seconds: float, length: int):
+    """`FastRenderer.stages`' protocol: no steps; after ``seconds``, a batch of quiet noise."""
+    waves = torch.randn(1, length).mul_(0.1)
+
+    def stages(instrument, pitch, velocity, **_):
+        time.sleep(seconds)
+        return waves.expand(len(pitch), length)
+        yield
+    return stages
+
+
 def _percentile(values, q):
     if not values:
         return math.nan
@@ -374,7 +416,7 @@ def machine_line(device) -> str:
 
 def _live_tables(args, device) -> str:
     """The --urgent and --prewarm tables (the live renderer on ``device``), or ''."""
-    if not (args.urgent or args.prewarm):
+    if not (args.urgent or args.prewarm or args.in_flight):
         return ""
     from .common import SHIPPED
     checkpoint = args.checkpoint or SHIPPED
@@ -389,6 +431,15 @@ def _live_tables(args, device) -> str:
     if args.prewarm:
         r = prewarm_benchmark(checkpoint, preset=args.prewarm, threads=args.threads, device=device)
         text += "\n\nPrewarm of one preset through the live renderer:\n\n" + prewarm_markdown(r)
+    if args.in_flight:
+        r = inflight_benchmark(checkpoint, args.in_flight, render_ms=args.render_ms, device=device,
+                               threads=args.threads)
+        model = "the model" if r["render_ms"] is None else f"a {_fmt(r['render_ms'])} ms wait per batch"
+        text += ("\n\nKeys pressed while their note is in a prewarm batch (request -> ready; rendering by "
+                 f"{model}):\n\n| device | prewarm batch | notes | p50 ms | p99 ms | max ms |\n"
+                 "|---|---:|---:|---:|---:|---:|\n"
+                 f"| {r['device']} | {r['batch']} | {r['notes']} | {_fmt(r['p50_ms'])} | "
+                 f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} |")
     return text
 
 
@@ -423,11 +474,19 @@ def parse_args(argv=None):
                              "request -> head ready, p50/p99 (default 0: skip)")
     parser.add_argument("--prewarm", default=None, metavar="PRESET",
                         help="also the prewarm of this preset through the live renderer on --device")
+    parser.add_argument("--in-flight", type=int, default=0, metavar="N",
+                        help="also N keys pressed while their note is in a 32-note prewarm batch "
+                             "(default 0: skip)")
+    parser.add_argument("--render-ms", type=float, default=None, metavar="MS",
+                        help="with --in-flight: replace the model's steps by a wait of MS per batch "
+                             "(a GPU's regime on a CPU; default: the model renders)")
     parser.add_argument("--markdown", metavar="OUT", default=None,
                         help="also write the table, with date, machine and command, to this file")
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batches):
         parser.error("--batches must be positive")
+    if args.in_flight < 0 or (args.render_ms is not None and args.render_ms < 0):
+        parser.error("--in-flight and --render-ms must not be negative")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available in this torch build")
     return args

@@ -87,6 +87,17 @@ def test_paths_and_dtypes_to_time():
         variants(["compiled"], (torch.float32,))
 
 
+def test_in_flight_bench_presses_keys_of_batches_in_flight(tmp_path, one_thread):
+    from bench.render import inflight_benchmark, parse_args
+    from bench.common import random_checkpoint
+    r = inflight_benchmark(random_checkpoint(tmp_path / "r.pt"), keys=6, batch=8, render_ms=20,
+                           device="cpu", threads=1)
+    assert r["notes"] == 6 and r["batch"] == 8 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
+    for bad in (["--in-flight", "-1"], ["--in-flight", "4", "--render-ms", "-2"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
 def test_command_line_prints_table_and_writes_markdown(tmp_path, capsys, one_thread):
     out = tmp_path / "bench.md"
     assert main(["--sizes", "small", "--batches", "1", "--min-time", "0", "--gemm-size", "1024", "--markdown", str(out)]) == 0
