@@ -120,6 +120,7 @@ def test_command_line_prints_table_and_writes_markdown(tmp_path, capsys, one_thr
 # tiny inputs, and one short JACK run with the test tone; nothing here depends on timings
 
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 
 from bench import common, latency, mixer  # noqa: E402
 from bench import __main__ as bench_main  # noqa: E402
@@ -165,8 +166,19 @@ def test_mixer_sweep_rows_and_late_clients():
     assert mixer.late_states(log, "bench-soak") == {"Running": 1, "Triggered": 1}
     assert mixer.late_states(log, "bench-soak-fluid") == {}
     assert mixer.cpu_steal() >= 0
-    wait, slices, threads = mixer.rt_schedstat(os.getpid())      # pytest runs no real-time thread
-    assert (wait, slices, threads) == (0, 0, 0)
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        assert mixer.rt_schedstat(child.pid) == (0, 0, 0)            # no real-time thread
+        try:
+            os.sched_setscheduler(child.pid, os.SCHED_FIFO, os.sched_param(1))
+        except OSError:
+            pass                                                     # no real-time here
+        else:
+            assert mixer.rt_schedstat(child.pid)[2] == 1
+    finally:
+        child.kill()
+        child.wait()
+    assert mixer.rt_schedstat(child.pid) == (0, 0, 0)                # gone: zeros
     assert len(mixer.chord(128)) == 128 and len(set(mixer.chord(128))) == 128
 
 
