@@ -143,6 +143,7 @@ class Capture:
         self.start_frame = None     # first frame captured
         self.end_frame = None       # one past the last frame captured
         self.gaps = 0               # periods where frame time jumped (this client missed cycles)
+        self.missed = []            # [start, end) frame ranges of those cycles, zeros in ``buf``
         self.client.set_process_callback(self._process)
         self.client.activate()
 
@@ -150,6 +151,8 @@ class Capture:
         t = self.client.last_frame_time
         if self.end_frame is not None and t != self.end_frame:
             self.gaps += 1
+            if t > self.end_frame:
+                self._zero(self.end_frame, t)
         start = t % self.size
         for c, port in enumerate(self.ports):
             a = port.get_array()
@@ -160,6 +163,22 @@ class Capture:
         if self.start_frame is None:
             self.start_frame = t
         self.end_frame = t + frames
+
+    def _zero(self, begin, end):
+        """Missed cycles read as silence: the ring there still holds audio from ``seconds`` ago,
+        which an onset search would take for a note."""
+        self.missed.append((begin, end))
+        begin = max(begin, end - self.size)
+        a, b = begin % self.size, end % self.size
+        if a < b:
+            self.buf[a:b] = 0.0
+        else:
+            self.buf[a:] = 0.0
+            self.buf[:b] = 0.0
+
+    def missed_in(self, begin, end) -> int:
+        """Frames of [begin, end) that this client missed."""
+        return sum(max(0, min(b, end) - max(a, begin)) for a, b in self.missed)
 
     def now(self) -> int:
         """The current JACK frame time (estimated between periods)."""

@@ -130,6 +130,11 @@ def warm_up(sender, cap) -> None:
 
 
 # ------------------------------------------------------------------------------------ synths
+def missed(cap) -> str:
+    """The capture client's missed cycles: read as silence, they can only make a note later."""
+    return f"capture missed {cap.gaps} cycles"
+
+
 def run_sing(period, checkpoint, keys, audio_api="jack", log=common.log) -> list:
     """Not cached (idle renderer) then cached, on one sing-synth with ``--no-prewarm``."""
     sender, cap = R.MidiSender(), R.Capture()
@@ -146,7 +151,7 @@ def run_sing(period, checkpoint, keys, audio_api="jack", log=common.log) -> list
             log(f"  {label} p{period}: cached p50 {warm.ms(50):.2f} ms")
             xruns = synth.status_values("xruns")
         for r in (cold, warm):
-            r.note = f"xruns {xruns[-1] if xruns else '?'}"
+            r.note = f"xruns {xruns[-1] if xruns else '?'}; {missed(cap)}"
         return [cold, warm]
     finally:
         sender.close()
@@ -170,7 +175,7 @@ def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
         result = Latencies("sing-synth", "not cached, prewarm running", period, kept,
                            left_out=len(frames) - len(kept))
         last = prewarm[-1].split("prewarm=")[1].split()[0] if prewarm else "?"
-        result.note = f"prewarm at the end {last}"
+        result.note = f"prewarm at the end {last}; {missed(cap)}"
         log(f"  sing-synth p{period}: not cached (prewarm running) p50 {result.ms(50):.1f} ms")
         return result
     finally:
@@ -189,6 +194,7 @@ def run_fluidsynth(period, keys, log=common.log) -> Latencies:
             result = Latencies("FluidSynth", "(sample playback)", period,
                                play_keys(sender, cap, keys))
             assert synth.alive()
+        result.note = missed(cap)
         log(f"  FluidSynth p{period}: p50 {result.ms(50):.2f} ms")
         return result
     finally:

@@ -4,6 +4,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,3 +239,18 @@ def test_latency_bench_runs_on_jack_with_the_test_tone():
     for row in rows:
         assert row[3] == "3" and row[8] == "0", row          # 3 notes measured, none silent
     assert float(rows[1][6]) < 256 / 48                      # cached: within the note-on's period
+
+
+def test_capture_zeroes_the_cycles_it_missed():
+    """A missed cycle reads as silence, not as what the ring held a lap ago; across the wrap."""
+    from bench.jack_rig import Capture
+    cap = Capture.__new__(Capture)          # the ring alone, no JACK client
+    cap.size, cap.missed = 1000, []
+    cap.buf = np.ones((cap.size, 2), np.float32)
+    cap._zero(2950, 3080)                   # 950..999 and 0..79 of the ring
+    zero = np.flatnonzero(cap.buf[:, 0] == 0)
+    assert set(zero) == set(range(950, 1000)) | set(range(0, 80))
+    assert (cap.buf[80:950] == 1).all()
+    assert cap.missed_in(3000, 4000) == 80 and cap.missed_in(0, 2950) == 0
+    cap._zero(10_000, 12_500)               # a gap longer than the ring clears all of it
+    assert (cap.buf == 0).all() and cap.missed_in(0, 1 << 40) == 130 + 2500

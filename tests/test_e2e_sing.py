@@ -69,25 +69,36 @@ def play(sender, cap, pitch, channel, velocity, seconds=1.2):
 
 
 def likeness(x, note):
-    """Largest normalised correlation of the captured note with the rendered one, over lags of
-    +-2 ms (the onset threshold may cut the very first samples)."""
+    """How closely the captured note follows the rendered one: the normalised correlation of
+    each period-long block of the first ``COMPARE_S`` s, at the lag that fits the whole stretch
+    best (+-2 ms: the onset threshold may cut the very first samples), or that lag moved by up
+    to two whole periods (where the synth missed a cycle under load, the rest of the note comes
+    a period late); the 10th percentile over the blocks, so that a few blocks lost to xruns on
+    a loaded machine do not hide whether the rest is the note.  A different note or instrument
+    does not line up at one lag over 0.5 s."""
     n = int(COMPARE_S * RATE)
-    ref = np.asarray(note[:n], np.float64)
-    best = 0.0
-    for lag in range(-96, 97):
-        a = np.asarray(x[max(lag, 0):max(lag, 0) + n], np.float64)
-        b = ref[max(-lag, 0):max(-lag, 0) + len(a)]
-        a = a[:len(b)]
-        denom = np.linalg.norm(a) * np.linalg.norm(b)
-        if denom > 0:
-            best = max(best, float(a @ b / denom))
-    return best
+    x, ref = np.asarray(x, np.float64), np.asarray(note, np.float64)
+
+    def corr(lag, start, stop):
+        a = x[max(lag, 0) + start:max(lag, 0) + stop]
+        b = ref[max(-lag, 0) + start:max(-lag, 0) + stop]
+        m = min(len(a), len(b))
+        if m < stop - start:
+            return 0.0
+        denom = np.linalg.norm(a[:m]) * np.linalg.norm(b[:m])
+        return float(a[:m] @ b[:m] / denom) if denom > 0 else 0.0
+
+    lag = max(range(-96, 97), key=lambda lag: corr(lag, 0, n))
+    blocks = [max(corr(lag + k * PERIOD, start, start + PERIOD) for k in range(-2, 3))
+              for start in range(0, n - PERIOD + 1, PERIOD)]
+    return float(np.percentile(blocks, 10))
 
 
 @pytest.mark.parametrize("program,channel,pitch,velocity", NOTES)
 def test_not_cached_then_cached_note(sing, capture, midi_sender, expected,  # noqa: F811
                                      program, channel, pitch, velocity):
     sender, cap = midi_sender, capture
+    began = cap.now()
     sender.send(sender.program(program, channel))       # queues its prewarm behind the note
     first, x1 = play(sender, cap, pitch, channel, velocity)
     time.sleep(0.6)                                      # the release (<= 0.4 s) ends
@@ -97,7 +108,8 @@ def test_not_cached_then_cached_note(sing, capture, midi_sender, expected,  # no
     r1, r2 = likeness(x1, note), likeness(x2, note)
     print(f"program {program} note {pitch}: not cached {first / RATE * 1e3:.1f} ms, cached "
           f"{again / RATE * 1e3:.1f} ms; correlation with the rendered note {r1:.3f} / {r2:.3f}")
-    assert r1 > 0.9 and r2 > 0.9, (r1, r2)
+    assert r1 > 0.9 and r2 > 0.9, (r1, r2, f"capture missed {cap.missed_in(began, cap.end_frame)} "
+                                        f"frames; synth xruns so far {sing.status_values('xruns')[-1:]}")
     assert first / RATE * 1e3 <= NOT_CACHED_LIMIT_MS
     assert again <= 3 * PERIOD, f"cached note took {again} frames"
     assert sing.alive(), sing.stderr_text()
