@@ -263,8 +263,7 @@ def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=Non
     return {"preset": preset, "notes": queued, "seconds": elapsed, "urgent": k,
             "notes_per_s": (queued + k) / elapsed, "threads": status["threads"],
             "dtype": status["dtype"], "prewarm_batch": renderer.prewarm_batch_size,
-            "urgent_p50_ms": statistics.median(delays) if delays else math.nan,
-            "urgent_p99_ms": _percentile(delays, 99), "urgent_max_ms": max(delays, default=math.nan)}
+            **_delay_stats(delays, "urgent_")}
 
 
 def urgent_benchmark(checkpoint, notes=100, device=None, threads=None, stream_rate=48000) -> dict:
@@ -290,8 +289,7 @@ def urgent_benchmark(checkpoint, notes=100, device=None, threads=None, stream_ra
         delays = renderer.urgent_delays_ms[skip:]
         status = renderer.status()
     return {"device": status["device"], "dtype": status["dtype"], "notes": len(delays),
-            "p50_ms": statistics.median(delays) if delays else math.nan,
-            "p99_ms": _percentile(delays, 99), "max_ms": max(delays, default=math.nan)}
+            **_delay_stats(delays)}
 
 
 def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=None,
@@ -321,8 +319,7 @@ def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=Non
         delays = renderer.urgent_delays_ms
         status = renderer.status()
     return {"device": status["device"], "batch": batch, "render_ms": render_ms, "notes": len(delays),
-            "p50_ms": statistics.median(delays) if delays else math.nan,
-            "p99_ms": _percentile(delays, 99), "max_ms": max(delays, default=math.nan)}
+            **_delay_stats(delays)}
 
 
 def _waiting_stages(seconds: float, length: int):
@@ -334,6 +331,21 @@ def _waiting_stages(seconds: float, length: int):
         return waves.expand(len(pitch), length)
         yield
     return stages
+
+
+def _delay_stats(delays, prefix="") -> dict:
+    """p50, p99 and max of ``delays`` (ms), keys ``{prefix}p50_ms`` ...; NaN when there are none."""
+    return {f"{prefix}p50_ms": statistics.median(delays) if delays else math.nan,
+            f"{prefix}p99_ms": _percentile(delays, 99), f"{prefix}max_ms": max(delays, default=math.nan)}
+
+
+def _delays_table(caption: str, first: tuple, r: dict) -> str:
+    """A one-row markdown table: the ``first`` (header, value) columns, then p50/p99/max ms."""
+    header = [h for h, _ in first] + ["p50 ms", "p99 ms", "max ms"]
+    values = [str(v) for _, v in first] + [_fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"])]
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    return (f"\n\n{caption}:\n\n| " + " | ".join(header) + " |\n|" + "|".join(align) + "|\n| "
+            + " | ".join(values) + " |")
 
 
 def _percentile(values, q):
@@ -423,11 +435,9 @@ def _live_tables(args, device) -> str:
     text = ""
     if args.urgent:
         r = urgent_benchmark(checkpoint, args.urgent, device=device, threads=args.threads)
-        text += ("\n\nKeys rendered on demand by an idle live renderer (request -> head ready, "
-                 "before the audio transport):\n\n| device | dtype | notes | p50 ms | p99 ms | max ms |\n"
-                 "|---|---|---:|---:|---:|---:|\n"
-                 f"| {r['device']} | {r['dtype']} | {r['notes']} | {_fmt(r['p50_ms'])} | "
-                 f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} |")
+        text += _delays_table("Keys rendered on demand by an idle live renderer (request -> head "
+                              "ready, before the audio transport)",
+                              (("device", r["device"]), ("dtype", r["dtype"]), ("notes", r["notes"])), r)
     if args.prewarm:
         r = prewarm_benchmark(checkpoint, preset=args.prewarm, threads=args.threads, device=device)
         text += "\n\nPrewarm of one preset through the live renderer:\n\n" + prewarm_markdown(r)
@@ -435,11 +445,9 @@ def _live_tables(args, device) -> str:
         r = inflight_benchmark(checkpoint, args.in_flight, render_ms=args.render_ms, device=device,
                                threads=args.threads)
         model = "the model" if r["render_ms"] is None else f"a {_fmt(r['render_ms'])} ms wait per batch"
-        text += ("\n\nKeys pressed while their note is in a prewarm batch (request -> ready; rendering by "
-                 f"{model}):\n\n| device | prewarm batch | notes | p50 ms | p99 ms | max ms |\n"
-                 "|---|---:|---:|---:|---:|---:|\n"
-                 f"| {r['device']} | {r['batch']} | {r['notes']} | {_fmt(r['p50_ms'])} | "
-                 f"{_fmt(r['p99_ms'])} | {_fmt(r['max_ms'])} |")
+        text += _delays_table("Keys pressed while their note is in a prewarm batch (request -> "
+                              f"ready; rendering by {model})",
+                              (("device", r["device"]), ("prewarm batch", r["batch"]), ("notes", r["notes"])), r)
     return text
 
 
