@@ -142,17 +142,14 @@ class Capture:
         self.ports = [self.client.inports.register(f"in_{i}") for i in range(channels)]
         self.start_frame = None     # first frame captured
         self.end_frame = None       # one past the last frame captured
-        self.gaps = 0               # periods where frame time jumped (this client missed cycles)
-        self.missed = []            # [start, end) frame ranges of those cycles, zeros in ``buf``
+        self.missed = []            # [start, end) frames of the cycles this client missed: zeros in ``buf``
         self.client.set_process_callback(self._process)
         self.client.activate()
 
     def _process(self, frames):
         t = self.client.last_frame_time
-        if self.end_frame is not None and t != self.end_frame:
-            self.gaps += 1
-            if t > self.end_frame:
-                self._zero(self.end_frame, t)
+        if self.end_frame is not None and t > self.end_frame:
+            self._zero(self.end_frame, t)
         start = t % self.size
         for c, port in enumerate(self.ports):
             a = port.get_array()
@@ -175,6 +172,11 @@ class Capture:
         else:
             self.buf[a:] = 0.0
             self.buf[:b] = 0.0
+
+    @property
+    def gaps(self) -> int:
+        """How many times frame time jumped ahead between two cycles (missed cycles)."""
+        return len(self.missed)
 
     def missed_in(self, begin, end) -> int:
         """Frames of [begin, end) that this client missed."""
