@@ -48,6 +48,17 @@ def weights(text: str) -> tuple:
     return tuple(pairs)
 
 
+def pitch_weights(text: str) -> tuple:
+    """``LO-HI=W,LO-HI=W`` -> (((LO, HI), W), ...), MIDI pitches, both ends included."""
+    ranges = []
+    for item, weight in weights(text):
+        lo, sep, hi = item.partition("-")
+        if not (sep and lo.isdigit() and hi.isdigit() and int(lo) <= int(hi)):
+            raise argparse.ArgumentTypeError(f"expected LO-HI=WEIGHT[,LO-HI=WEIGHT...] (MIDI pitches), got {item!r}")
+        ranges.append(((int(lo), int(hi)), weight))
+    return tuple(ranges)
+
+
 # --- train ---------------------------------------------------------------------------------------
 
 def add_train(sub):
@@ -112,8 +123,12 @@ def add_train(sub):
     p.add_argument("--oversample", type=weights, default=(), metavar="NAME=W[,NAME=W]",
                    help="draw notes of instruments whose name contains NAME W times as often "
                         "(with replacement; e.g. marimba=4 for an instrument the model fits badly)")
+    p.add_argument("--oversample-pitches", type=pitch_weights, default=(), metavar="LO-HI=W[,LO-HI=W]",
+                   help="draw notes of MIDI pitches LO..HI W times as often (e.g. 33-39=3: the bass "
+                        "near the decoder's 62.5 Hz frame rate); a note takes its largest weight")
     p.add_argument("--epoch-notes", type=int, default=0, metavar="N",
-                   help="notes drawn per epoch with --oversample (default: the train split's size)")
+                   help="notes drawn per epoch with --oversample or --oversample-pitches "
+                        "(default: the train split's size)")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="MINUTES",
                    help="start no epoch that would end past MINUTES from now (judged by the last "
                         "epoch's time); the state is saved, --resume goes on (default: no limit)")
@@ -132,7 +147,8 @@ def run_train(args) -> int:
         seed=args.seed, families=args.families, sources=args.sources,
         pitch_range=tuple(args.pitch_range), in_memory=not args.stream, workers=args.workers,
         device=args.device, progress=not args.no_progress, init_from=args.init_from,
-        time_limit=args.time_limit, oversample=args.oversample, epoch_notes=args.epoch_notes,
+        time_limit=args.time_limit, oversample=args.oversample,
+        oversample_pitches=args.oversample_pitches, epoch_notes=args.epoch_notes,
         metadata={"command": " ".join(sys.argv)})
     path = train(settings, resume=args.resume)
     print(f"model: {path}")

@@ -81,6 +81,8 @@ class TrainSettings:
                                     # instruments): training goes on across machines/sessions
     oversample: tuple = ()          # ((instrument name part, weight), ...): notes of matching
                                     # instruments are drawn `weight` times as often (with replacement)
+    oversample_pitches: tuple = ()  # (((lo, hi), weight), ...): the same for MIDI pitches lo..hi;
+                                    # a note takes the largest weight it matches
     epoch_notes: int = 0            # notes drawn per epoch when oversampling (0: the train set's size)
     time_limit: float = 0.0         # minutes: no epoch starts that the last one's time says would
                                     # end past it (the state is saved; --resume goes on); 0: none
@@ -224,28 +226,34 @@ class Trainer:
                             f"samples (the largest STFT) and fit in a note")
 
     def note_weights(self, dataset) -> list:
-        """Each note's sampling weight under ``oversample``: the largest weight among the name
-        parts its instrument contains, else 1."""
+        """Each note's sampling weight under ``oversample`` and ``oversample_pitches``: the largest
+        weight among the name parts its instrument contains and the pitch ranges it lies in, else 1."""
+        s = self.settings
         weights = []
         for note in dataset.notes:
-            matched = [w for part, w in self.settings.oversample if part in note.instrument_str]
+            matched = [w for part, w in s.oversample if part in note.instrument_str]
+            matched += [w for (lo, hi), w in s.oversample_pitches if lo <= note.pitch <= hi]
             weights.append(max(matched, default=1.0))
         return weights
 
     def _check_oversample(self):
         s = self.settings
-        if not s.oversample:
+        if not (s.oversample or s.oversample_pitches):
             return
         if self.distributed:
             raise UserError("--oversample: not with several processes (torchrun); train on one")
         names = {n.instrument_str for n in self.train_set.notes}
-        for part, weight in s.oversample:
-            if weight <= 0 or not any(part in name for name in names):
-                raise UserError(f"--oversample {part}={weight:g}: " + (
-                    "the weight must be positive" if weight <= 0 else "no instrument of the train split has that name part"))
+        pitches = {n.pitch for n in self.train_set.notes}
+        checks = [(f"--oversample {part}={w:g}", w, any(part in name for name in names),
+                   "no instrument of the train split has that name part") for part, w in s.oversample]
+        checks += [(f"--oversample-pitches {lo}-{hi}={w:g}", w, any(lo <= p <= hi for p in pitches),
+                    "no note of the train split has those pitches") for (lo, hi), w in s.oversample_pitches]
+        for label, weight, found, missing in checks:
+            if weight <= 0 or not found:
+                raise UserError(f"{label}: " + ("the weight must be positive" if weight <= 0 else missing))
 
     def loader(self, dataset, batch_size, epoch_key, shuffle):
-        if shuffle and self.settings.oversample:
+        if shuffle and (self.settings.oversample or self.settings.oversample_pitches):
             generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch_key)
             sampler = WeightedRandomSampler(self.note_weights(dataset),
                                             self.settings.epoch_notes or len(dataset),

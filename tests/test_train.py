@@ -184,6 +184,23 @@ def test_oversample_draws_the_named_instrument_more_often(short_dataset, tmp_pat
     assert len(plain) == len(trainer.valid_set)               # validation is never resampled
 
 
+def test_oversample_pitches_draws_those_pitches_more_often(short_dataset, tmp_path):
+    """A note takes the largest weight it matches: its instrument's or its pitch range's."""
+    from sing_synth.train import Trainer
+    tiny = dict(lstm_hidden=16, lstm_layers=1, channels=32, steps=STEPS, progress=False, amp=False)
+    trainer = Trainer(TrainSettings(data=str(short_dataset), out=str(tmp_path / "r"), oversample=(("_002", 8.0),),
+                                    oversample_pitches=(((52, 58), 3.0),), epoch_notes=4000, **tiny))
+    drawn = [(int(i), int(p)) for _, inst, pitch, _ in trainer.loader(trainer.train_set, 100, 3, True)
+             for i, p in zip(inst, pitch)]
+    notes = [(n.instrument, n.pitch) for n in trainer.train_set.notes]
+    weight = {note: 8.0 if note[0] == 2 else 3.0 if 52 <= note[1] <= 58 else 1.0 for note in notes}
+    total = sum(weight[n] for n in notes)
+    for kind in (8.0, 3.0, 1.0):
+        expected = sum(weight[n] for n in notes if weight[n] == kind) / total
+        share = sum(weight[n] == kind for n in drawn) / len(drawn)
+        assert abs(share - expected) < 0.04, (kind, share, expected)
+
+
 def test_between_weight_changes_training_not_validation(short_dataset, tmp_path):
     """--between-weight weighs the training loss only: the same weights validate to the same
     number, a training step's loss differs; 0 is refused in one line."""
@@ -222,6 +239,10 @@ def test_oversample_of_an_unknown_instrument_is_refused(short_dataset, tmp_path)
     bad = subprocess.run(train_command(short_dataset, tmp_path / "s", "--oversample", "marimba"),
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "NAME=WEIGHT" in bad.stderr
+    for ranges, word in (("90-96=4", "no note"), ("52-58=0", "positive"), ("58-52=4", "LO-HI"), ("low=4", "LO-HI")):
+        refused = subprocess.run(train_command(short_dataset, tmp_path / "p", "--epochs", "0,0,1",
+                                               "--oversample-pitches", ranges), capture_output=True, text=True)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and word in refused.stderr, refused.stderr
 
 
 def test_init_from_continues_a_finished_model(short_dataset, tmp_path):
