@@ -37,24 +37,24 @@ clean:
 
 # The default model: FluidR3_GM's programs named by the presets (sing_synth.presets.SHIPPED_PROGRAMS),
 # MIDI 24-96, `small` size, on this CPU; models/MODEL_CARD.md says what it cost and how it scores.
-# Stage 1: the three phases on whole notes; stage 2: end to end on 64-frame crops (~3x faster steps)
-# from stage 1's fp16 weights; stage 3: the same run annealed (lr 3e-4, then 1e-4; a resumed run
-# takes --lr as given); stage 4: on with every note weighed at -30 dB RMS (--loss-norm-db: quiet
-# decaying notes were mostly under the loss's floor), lr 3e-4 then 1e-4; stage 5: a new run from
-# stage 4's weights with the bins between each note's harmonics weighed 4x (--between-weight:
-# subharmonics and frame-rate buzz, read as octave errors), lr 2e-4, 1e-4, 5e-5; stage 6: a new run
-# from stage 5's weights with an 8192-point STFT term and that band reaching down to 40 Hz under
-# high notes (the 125 Hz buzz tooth), 8 epochs on train, then on train+valid (a final model: the
-# test split stays held out for `sing-synth eval`), lr 1e-4, then 5e-5 with the drawbar organ drawn
-# 3x (its 16' partial at MIDI 48 sat on the 62.5 Hz frame rate).  Every step is
-# resumable: run it again after a kill.  To train the shipped model further: `sing-synth train ...
-# --init-from models/sing-small-fluidr3.pt --epochs 0,0,N --lr 5e-5 --train-split train+valid $(STAGE6_OPTS)`.
+# Every stage has the phase inputs and the comb term (PHASE_OPTS: the bass off the decoder's 62.5 Hz
+# frame rate).  Stage 1: the three phases on whole notes; stage 2: end to end on 64-frame crops
+# (~3x faster steps) from stage 1's fp16 weights; stage 3: a new run from stage 2's fp16 weights at
+# lr 3e-4; stage 4: a new run from stage 3's weights with the loss that places the bass (BASS_OPTS:
+# a 16384-point STFT term on 80-frame crops, the comb term 10x) and that keeps quiet notes and the
+# bins between the harmonics in it (every note weighed at -30 dB RMS, the bins between each note's
+# harmonics 4x, from 40 Hz under high notes), 3 epochs, then on with MIDI 33-39 (the pitches next to
+# the 62.5 Hz tooth) drawn 3x to epoch 10, then at lr 1e-4 on train+valid (a final model: the test
+# split stays held out for `sing-synth eval`).  Every step is resumable: run it again after a kill.
+# To train the shipped model further: `sing-synth train ... --init-from models/sing-small-fluidr3.pt
+# --epochs 0,0,N --lr 5e-5 --train-split train+valid $(BASS_OPTS)`.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
 SHIPPED_OPTS = --data $(SHIPPED_DATA) --size small --seed 0 --batch-size 16 --lr 1e-3 --loss mse \
-	--resolutions 1024,4096 --resume
-STAGE6_OPTS = --resolutions 1024,4096,8192 --crop 64 --loss-norm-db -30 --between-weight 4 --between-low-hz 40
+	--resolutions 1024,4096 --phase-harmonics 8 --comb-weight 0.1 --resume
+BASS_OPTS = --resolutions 1024,4096,16384 --crop 80 --comb-weight 1 --loss-norm-db -30 --between-weight 4 \
+	--between-low-hz 40
 shipped-model: $(STAMP)
 	$(PY) -m sing_synth dataset soundfont --sf2 $(SF2) --out $(SHIPPED_DATA) --pitch-range 24 96 \
 		--programs $$($(PY) -c "from sing_synth.presets import SHIPPED_PROGRAMS as p; print(','.join(map(str, p)))")
@@ -62,22 +62,13 @@ shipped-model: $(STAMP)
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)/model.pt $(SHIPPED_RUN)/stage1-half.pt --half
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --init-from $(SHIPPED_RUN)/stage1-half.pt \
 		--epochs 0,0,16 --crop 64
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,19 --crop 64 --lr 3e-4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,28 --crop 64 --lr 1e-4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,36 --crop 64 --lr 3e-4 \
-		--loss-norm-db -30
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-crop --epochs 0,0,44 --crop 64 --lr 1e-4 \
-		--loss-norm-db -30
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --init-from $(SHIPPED_RUN)-crop/model.pt \
-		--epochs 0,0,7 --crop 64 --lr 2e-4 --loss-norm-db -30 --between-weight 4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --epochs 0,0,15 --crop 64 --lr 1e-4 \
-		--loss-norm-db -30 --between-weight 4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-between --epochs 0,0,18 --crop 64 --lr 5e-5 \
-		--loss-norm-db -30 --between-weight 4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(STAGE6_OPTS) --out $(SHIPPED_RUN)-low \
-		--init-from $(SHIPPED_RUN)-between/model.pt --epochs 0,0,8 --lr 1e-4
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(STAGE6_OPTS) --out $(SHIPPED_RUN)-low --epochs 0,0,14 --lr 1e-4 \
-		--train-split train+valid
-	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(STAGE6_OPTS) --out $(SHIPPED_RUN)-low --epochs 0,0,22 --lr 5e-5 \
-		--train-split train+valid --oversample drawbarorgan=3
-	$(PY) -m sing_synth convert $(SHIPPED_RUN)-low/model.pt models/sing-small-fluidr3.pt --half
+	$(PY) -m sing_synth convert $(SHIPPED_RUN)-crop/model.pt $(SHIPPED_RUN)-crop/stage2-half.pt --half
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) --out $(SHIPPED_RUN)-anneal --init-from $(SHIPPED_RUN)-crop/stage2-half.pt \
+		--epochs 0,0,6 --crop 64 --lr 3e-4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(BASS_OPTS) --out $(SHIPPED_RUN)-bass \
+		--init-from $(SHIPPED_RUN)-anneal/model.pt --epochs 0,0,3 --lr 3e-4
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(BASS_OPTS) --out $(SHIPPED_RUN)-bass --epochs 0,0,10 --lr 3e-4 \
+		--oversample-pitches 33-39=3
+	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(BASS_OPTS) --out $(SHIPPED_RUN)-bass --epochs 0,0,11 --lr 1e-4 \
+		--oversample-pitches 33-39=3 --train-split train+valid
+	$(PY) -m sing_synth convert $(SHIPPED_RUN)-bass/model.pt models/sing-small-fluidr3.pt --half
