@@ -236,12 +236,16 @@ class Trainer:
             weights.append(max(matched, default=1.0))
         return weights
 
+    @property
+    def oversampling(self) -> bool:
+        return bool(self.settings.oversample or self.settings.oversample_pitches)
+
     def _check_oversample(self):
         s = self.settings
-        if not (s.oversample or s.oversample_pitches):
+        if not self.oversampling:
             return
         if self.distributed:
-            raise UserError("--oversample: not with several processes (torchrun); train on one")
+            raise UserError("--oversample, --oversample-pitches: not with several processes (torchrun); train on one")
         names = {n.instrument_str for n in self.train_set.notes}
         pitches = {n.pitch for n in self.train_set.notes}
         checks = [(f"--oversample {part}={w:g}", w, any(part in name for name in names),
@@ -253,7 +257,7 @@ class Trainer:
                 raise UserError(f"{label}: " + ("the weight must be positive" if weight <= 0 else missing))
 
     def loader(self, dataset, batch_size, epoch_key, shuffle):
-        if shuffle and (self.settings.oversample or self.settings.oversample_pitches):
+        if shuffle and self.oversampling:
             generator = torch.Generator().manual_seed(self.settings.seed * 1_000_003 + epoch_key)
             sampler = WeightedRandomSampler(self.note_weights(dataset),
                                             self.settings.epoch_notes or len(dataset),

@@ -108,14 +108,24 @@ def f0_cents(wave, pitch, rate=16000) -> float:
     return cents_error(f0, pitch) if f0 else float("nan")
 
 
-def soundfont_cents(instrument: str, pitch: int) -> float:
-    """Where the soundfont's own note of a model instrument (``fluidr3_gm_PPP_...``) reads."""
+def soundfont_state():
     from sing_synth import soundfont
-    program = int(instrument.split("_")[2])
     assert SF2.is_file(), f"{SF2} is missing (Debian fluid-soundfont-gm; CI installs it)"
-    with soundfont.SynthState() as state:
-        state.load(SF2)
-        return f0_cents(soundfont.render_note(state, 0, program, pitch, 100), pitch)
+    state = soundfont.SynthState()
+    state.load(SF2)
+    return state
+
+
+def soundfont_note(state, instrument: str, pitch: int):
+    """The soundfont's own note of a model instrument (``fluidr3_gm_PPP_...``), velocity 100."""
+    from sing_synth import soundfont
+    return soundfont.render_note(state, 0, int(instrument.split("_")[2]), pitch, 100)
+
+
+def soundfont_cents(instrument: str, pitch: int) -> float:
+    """Where the soundfont's own note of a model instrument reads."""
+    with soundfont_state() as state:
+        return f0_cents(soundfont_note(state, instrument, pitch), pitch)
 
 
 def out_of_tune(rendered, presets) -> list:
@@ -149,18 +159,15 @@ def test_bass_fundamentals_are_off_the_frame_rate_comb(checkpoint):
     misses a fundamental pulled onto the decoder's 62.5 Hz frame rate; MODEL_CARD.md, "The bass"):
     within 25 cents for at least 80% of the instruments at each pitch.  The model shipped before
     this one (stage 6 of the earlier recipe) had none there."""
-    from sing_synth import soundfont
     from sing_synth.evaluate import fundamental_cents
     from sing_synth.render import render_notes
     names = [n for n in checkpoint.instruments.values() if n.startswith("fluidr3_gm_")]
-    assert SF2.is_file(), f"{SF2} is missing (Debian fluid-soundfont-gm; CI installs it)"
     waves = render_notes(checkpoint, [(n, p, 100) for p in BASS for n in names])
     shares = {}
-    with soundfont.SynthState() as state:
-        state.load(SF2)
+    with soundfont_state() as state:
         for i, pitch in enumerate(BASS):
             apart = [abs(fundamental_cents(waves[i * len(names) + j], pitch, 16000)
-                         - fundamental_cents(soundfont.render_note(state, 0, int(n.split("_")[2]), pitch, 100), pitch, 16000))
+                         - fundamental_cents(soundfont_note(state, n, pitch), pitch, 16000))
                      for j, n in enumerate(names)]
             shares[pitch] = float(np.mean(np.array(apart) < 25))
     assert min(shares.values()) >= 0.8, f"share of instruments within 25 cents per MIDI pitch: {shares}"
