@@ -45,9 +45,11 @@ clean:
 # bins between the harmonics in it (every note weighed at -30 dB RMS, the bins between each note's
 # harmonics 4x, from 40 Hz under high notes), 3 epochs, then on with MIDI 33-39 (the pitches next to
 # the 62.5 Hz tooth) drawn 3x to epoch 10, then at lr 1e-4 on train+valid (a final model: the test
-# split stays held out for `sing-synth eval`).  Every step is resumable: run it again after a kill.
+# split stays held out for `sing-synth eval`).  Last, `calibrate` stores each instrument's level
+# correction (sing_synth/levels.py), measured on the notes it trained on.  Every step is resumable:
+# run it again after a kill.
 # To train the shipped model further: `sing-synth train ... --init-from models/sing-small-fluidr3.pt
-# --epochs 0,0,N --lr 5e-5 --train-split train+valid $(BASS_OPTS)`.
+# --epochs 0,0,N --lr 5e-5 --train-split train+valid $(BASS_OPTS)`, then `calibrate` again.
 SF2 ?= /usr/share/sounds/sf2/FluidR3_GM.sf2
 SHIPPED_DATA ?= data/fluidr3-shipped
 SHIPPED_RUN ?= runs/shipped
@@ -72,3 +74,4 @@ shipped-model: $(STAMP)
 	$(PY) -m sing_synth train $(SHIPPED_OPTS) $(BASS_OPTS) --out $(SHIPPED_RUN)-bass --epochs 0,0,11 --lr 1e-4 \
 		--oversample-pitches 33-39=3 --train-split train+valid
 	$(PY) -m sing_synth convert $(SHIPPED_RUN)-bass/model.pt models/sing-small-fluidr3.pt --half
+	$(PY) -m sing_synth calibrate --checkpoint models/sing-small-fluidr3.pt --data $(SHIPPED_DATA)

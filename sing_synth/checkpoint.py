@@ -14,6 +14,7 @@ import torch
 
 from .config import SingConfig
 from .errors import CheckpointError
+from .levels import Levels
 from .model import SING
 
 FORMAT = "sing-synth"
@@ -25,6 +26,7 @@ class Checkpoint:
     model: SING
     instruments: dict = field(default_factory=dict)   # instrument id -> name
     metadata: dict = field(default_factory=dict)
+    half: bool = False              # stored in fp16 (a rewrite keeps the file's precision)
 
 
 def atomic_save(obj, path) -> None:
@@ -76,7 +78,12 @@ def checkpoint_from_payload(payload, source="checkpoint") -> Checkpoint:
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{source}: inconsistent checkpoint ({str(exc).splitlines()[0]})") from None
-    return Checkpoint(model.eval(), dict(payload.get("instruments", {})), dict(payload.get("metadata", {})))
+    metadata = payload.get("metadata", {})
+    if not isinstance(metadata, dict):
+        raise CheckpointError(f"{source}: inconsistent checkpoint (metadata is not a dictionary)")
+    Levels.from_metadata(metadata, config.n_instruments, source)    # a bad calibration fails here
+    half = any(v.dtype == torch.float16 for v in payload["state"].values())
+    return Checkpoint(model.eval(), dict(payload.get("instruments", {})), metadata, half)
 
 
 def load_checkpoint(path, map_location="cpu") -> Checkpoint:

@@ -180,6 +180,8 @@ def add_generate(sub):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu")
     p.add_argument("--reference", action="store_true", help="use the fp32 reference path, not the fast one")
+    p.add_argument("--raw-levels", action="store_true",
+                   help="the model's raw levels, without the checkpoint's level calibration")
     p.set_defaults(func=run_generate)
 
 
@@ -190,7 +192,7 @@ def run_generate(args) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     notes = list(itertools.product(args.instrument, args.pitch, args.velocity))
     waves = render_notes(ckpt, notes, batch_size=args.batch_size, device=args.device,
-                         fast=not args.reference)
+                         fast=not args.reference, levels=not args.raw_levels)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for (instrument, pitch, velocity), wave in zip(notes, waves):
@@ -257,6 +259,37 @@ def run_eval(args) -> int:
     return 0
 
 
+# --- calibrate -----------------------------------------------------------------------------------
+
+def add_calibrate(sub):
+    p = sub.add_parser("calibrate", help="measure each instrument's level against its training notes "
+                                         "and store the correction in the checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="the dataset the checkpoint trained on")
+    p.add_argument("--split", default=None, choices=["train", "valid", "train+valid"],
+                   help="notes measured (default: the split(s) the checkpoint trained on)")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (as in training)")
+    p.add_argument("--out", default=None, help="write here (default: rewrite the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_calibrate)
+
+
+def run_calibrate(args) -> int:
+    from .levels import calibrate
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    s = calibrate(args.checkpoint, args.data, out=args.out, split=args.split, seed=args.seed,
+                  batch_size=args.batch_size, device=args.device,
+                  progress=not args.no_progress and sys.stderr.isatty())
+    print(f"{args.out or args.checkpoint}: levels of {s['instruments']} instruments from "
+          f"{s['notes']} {s['split']} notes; SING's level minus theirs, median {-s['median_error_db']:+.1f} dB, "
+          f"mean |error| {s['mean_abs_error_db']:.1f} dB -> {s['mean_abs_error_after_db']:.1f} dB "
+          f"corrected; instruments' medians {s['spread_db']:.1f} dB apart -> {s['spread_after_db']:.1f} dB")
+    return 0
+
+
 # --- convert -------------------------------------------------------------------------------------
 
 def add_convert(sub):
@@ -291,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train(sub)
     add_generate(sub)
     add_eval(sub)
+    add_calibrate(sub)
     add_convert(sub)
     add_play(sub)
     from .soundfont import add_dataset_command

@@ -26,6 +26,7 @@ from .data import (NSynthDataset, Note, velocity_index, filter_notes, join_split
 from .device import resolve_device
 from .errors import DatasetError, UserError
 from .fast import FastRenderer
+from .levels import checkpoint_levels, spread_db, window_db
 from .loss import SpectralLoss, between_harmonics
 from .midi import midi_frequency
 
@@ -391,9 +392,14 @@ def evaluate(ckpt, data, split: str = "test", seed: int = 0, report=None, n_exam
 
     rows, waves = [], {}
     begin = 0
+    levels = checkpoint_levels(ckpt)
     for target, instrument, pitch, velocity in loader:
         with torch.no_grad():
             sing = renderer(instrument.to(device), pitch.to(device), velocity.to(device)).float().cpu()
+        level_sing = window_db(sing.numpy(), config.sample_rate)
+        level_target = window_db(target.numpy(), config.sample_rate)
+        correction = (np.zeros(len(target)) if levels is None else levels.db(
+            torch.nn.functional.one_hot(instrument, config.n_instruments).float(), pitch).numpy())
         chunk = notes[begin:begin + len(target)]
         loss_total += training_loss(sing, target).item() * len(target)
         baselines = [None if sources_of[begin + k] is None else
@@ -415,6 +421,8 @@ def evaluate(ckpt, data, split: str = "test", seed: int = 0, report=None, n_exam
                 "cents_target": cents_error(estimate_f0(t[0].numpy(), config.sample_rate), note.pitch),
                 "db_sing": rms_db(s[0].numpy()), "db_target": rms_db(t[0].numpy()),
                 "db_baseline": None if b is None else rms_db(b),
+                "level_sing": float(level_sing[k]), "level_target": float(level_target[k]),
+                "level_correction": float(correction[k]),
                 "offharm_sing": offharmonic_db(s[0].numpy(), note.pitch, config.sample_rate),
                 "offharm_target": offharmonic_db(t[0].numpy(), note.pitch, config.sample_rate),
                 "offharm_baseline": None if b is None else
@@ -464,6 +472,7 @@ def _summarise(rows: list) -> dict:
         summary.update({f"{key}_{who}": value for key, value in pitch.items()})
         summary[f"offharm_db_{who}"] = _median([r[f"offharm_{who}"] for r in pool])
     summary.update(_bass_summary(rows, with_baseline))
+    summary.update(_level_summary(rows, calibrated=any(r["level_correction"] for r in rows)))
     per_velocity = []
     for velocity in sorted({r["velocity"] for r in rows}):
         group = [r for r in rows if r["velocity"] == velocity]
@@ -480,6 +489,36 @@ def _summarise(rows: list) -> dict:
                                         else float("nan"))
     return {"summary": summary, "per_velocity": per_velocity, "per_instrument": _per_instrument(rows),
             "notes": rows}
+
+
+def _level_summary(rows: list, calibrated: bool) -> dict:
+    """Level over `levels.WINDOW_S` (what the presets' gains assume): SING's error against the real
+    note (target - SING, dB), raw and with the checkpoint's level correction; and how far apart the
+    instruments' median errors lie (a preset switch jumps by up to that)."""
+    instrument = np.asarray([r["instrument"] for r in rows])
+    raw = np.asarray([r["level_target"] - r["level_sing"] for r in rows])
+    left = raw - np.asarray([r["level_correction"] for r in rows])
+    return {"level_calibrated": calibrated,
+            "level_error_median_db": float(np.median(raw)),
+            "level_error_mean_abs_db": float(np.mean(np.abs(raw))),
+            "level_spread_db": spread_db(instrument, raw),
+            "level_error_median_db_calibrated": float(np.median(left)) if calibrated else None,
+            "level_error_mean_abs_db_calibrated": float(np.mean(np.abs(left))) if calibrated else None,
+            "level_spread_db_calibrated": spread_db(instrument, left) if calibrated else None}
+
+
+def level_line(s: dict) -> str:
+    """One line on the level errors of `_level_summary`."""
+    f = _formatter("n/a")
+    line = (f"level 0.1-0.6 s, real note minus SING: median {f(s['level_error_median_db'], '+.1f')} dB, "
+            f"mean |error| {f(s['level_error_mean_abs_db'], '.1f')} dB, instruments' medians "
+            f"{f(s['level_spread_db'], '.1f')} dB apart")
+    if not s["level_calibrated"]:
+        return line + "; the checkpoint has no level calibration (`sing-synth calibrate`)"
+    return (line + f"; with the checkpoint's level calibration: median "
+            f"{f(s['level_error_median_db_calibrated'], '+.1f')} dB, mean |error| "
+            f"{f(s['level_error_mean_abs_db_calibrated'], '.1f')} dB, "
+            f"{f(s['level_spread_db_calibrated'], '.1f')} dB apart")
 
 
 def _bass_summary(rows: list, with_baseline: list) -> dict:
@@ -570,6 +609,7 @@ def summary_lines(result: dict) -> list:
         f"{f(s['bass_fund_median_cents_sing'], '.1f')}, baseline {f(s['bass_fund_median_cents_baseline'], '.1f')}",
         f"RMS dB per velocity (SING/target): {velocities}; rises with velocity: "
         f"SING {s['loudness_rises_sing']}, target {s['loudness_rises_target']}",
+        level_line(s),
         verdict(s),
     ]
 
@@ -723,7 +763,9 @@ def write_report(result: dict, waves: dict, out, sample_rate: int = 16000) -> Pa
                      f"{f(v['db_target'], '.1f')} | {f(v['db_baseline'], '.1f')} |")
     lines += ["", f"Rises with velocity: SING {s['loudness_rises_sing']}, target "
               f"{s['loudness_rises_target']}; mean |SING − target| over velocities "
-              f"{f(s['db_error_per_velocity'], '.1f')} dB.", "", "## Examples", ""]
+              f"{f(s['db_error_per_velocity'], '.1f')} dB (SING's raw output).", "",
+              f"The presets' gains assume SING plays at its training notes' level; {level_line(s)}.",
+              "", "## Examples", ""]
     if plot_note:
         lines.append(plot_note)
     for example in plotted:

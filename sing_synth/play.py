@@ -101,6 +101,9 @@ def add_arguments(p) -> None:
                    help="torch device SING renders on: cpu, cuda, cuda:N, mps, auto (default)")
     g.add_argument("--cache-mb", type=_positive(float, "--cache-mb"), default=512.0,
                    help="note cache size in MiB (default 512)")
+    g.add_argument("--raw-levels", action="store_true",
+                   help="play the model's raw levels, without the checkpoint's level calibration "
+                        "(which brings each instrument to its training notes' level)")
     g.add_argument("--no-prewarm", action="store_true",
                    help="do not pre-render the start preset's notes (every note renders when first "
                         "played: benchmarks of that path)")
@@ -205,7 +208,8 @@ class Instrument:
             check_instruments(presets, ckpt.instruments.values())
             self.renderer = NoteRenderer(ckpt, device=args.render_device, stream_rate=self.rate,
                                          cache_mb=args.cache_mb,
-                                         threads=getattr(args, "render_threads", None))
+                                         threads=getattr(args, "render_threads", None),
+                                         levels=not getattr(args, "raw_levels", False))
         self.probe = LatencyProbe(self.renderer)
         self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(blocksize or args.blocksize)),
                            polyphony=args.polyphony, master_gain=args.gain)

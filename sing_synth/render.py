@@ -7,6 +7,7 @@ from .data import load_split
 from .device import resolve_device
 from .errors import UserError
 from .fast import FastRenderer
+from .levels import checkpoint_levels
 from .loss import SpectralLoss
 from .model import SING
 
@@ -34,8 +35,9 @@ def instrument_vector(spec: str, ckpt: Checkpoint) -> torch.Tensor:
     return weights / weights.sum()
 
 
-def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True) -> list:
-    """Renders (instrument spec, MIDI pitch, MIDI velocity) triples; returns float32 arrays `[length]`."""
+def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True, levels=True) -> list:
+    """Renders (instrument spec, MIDI pitch, MIDI velocity) triples; returns float32 arrays `[length]`,
+    each times its level correction when the checkpoint has one and ``levels`` (`levels.Levels`)."""
     config = ckpt.model.config
     for _, pitch, velocity in notes:
         if not 0 <= pitch < config.n_pitches:
@@ -45,6 +47,7 @@ def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True
     device = resolve_device(device)
     model = ckpt.model.to(device)
     renderer = FastRenderer(model, device=device) if fast else model.eval()
+    correction = checkpoint_levels(ckpt) if levels else None
     waves = []
     for begin in range(0, len(notes), batch_size):
         chunk = notes[begin:begin + batch_size]
@@ -52,7 +55,10 @@ def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True
         pitch = torch.tensor([p for _, p, _ in chunk], device=device)
         velocity = torch.tensor([config.velocity_row(v) for _, _, v in chunk], device=device)
         with torch.no_grad():
-            waves.extend(renderer(instrument, pitch, velocity).float().cpu().numpy())
+            chunk_waves = renderer(instrument, pitch, velocity).float().cpu()
+        if correction is not None:
+            chunk_waves *= correction.gains(instrument, pitch)[:, None]
+        waves.extend(chunk_waves.numpy())
     return [np.clip(w, -1.0, 1.0).astype(np.float32) for w in waves]
 
 

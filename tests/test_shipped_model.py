@@ -171,3 +171,22 @@ def test_bass_fundamentals_are_off_the_frame_rate_comb(checkpoint):
                      for j, n in enumerate(names)]
             shares[pitch] = float(np.mean(np.array(apart) < 25))
     assert min(shares.values()) >= 0.8, f"share of instruments within 25 cents per MIDI pitch: {shares}"
+
+
+PRESET_DB = -24.0     # the level the presets' gains aim at (`presets` module docstring)
+LEVEL_TOLERANCE_DB = 4.0
+
+
+def test_presets_play_at_the_level_their_gains_aim_at(rendered, presets):
+    """The presets' gains bring each instrument's FluidR3 notes to -24 dBFS RMS (0.1-0.6 s,
+    velocity 100); they assume the model plays at its training notes' level, which the shipped
+    checkpoint's level calibration (`sing_synth.levels`) restores.  Without it the model played
+    its instruments 2-12 dB too quiet, by an amount that depended on the instrument."""
+    from sing_synth.levels import window_db
+    off = {}
+    for p in presets:
+        notes = np.stack([rendered[p.name, pitch, 96][0] for pitch in PITCHES])   # layer 100
+        level = float(np.median(window_db(notes, 16000))) + 20 * np.log10(p.gain)
+        if abs(level - PRESET_DB) > LEVEL_TOLERANCE_DB:
+            off[p.name] = round(level, 1)
+    assert not off, f"presets further than {LEVEL_TOLERANCE_DB} dB from {PRESET_DB} dBFS: {off}"

@@ -47,6 +47,7 @@ import torch
 from ..checkpoint import Checkpoint, load_checkpoint
 from ..device import resolve_device
 from ..fast import FastRenderer, GraphedRenderer, best_dtype
+from ..levels import checkpoint_levels
 
 URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
@@ -346,6 +347,9 @@ class NoteRenderer(WorkerQueue):
             or the device is not the CPU).  Without it a key pressed during prewarming waits for
             the step under way: a decoder step is weight-bandwidth bound, 6-15 ms for the small
             model at batch 2 on one core here, which put the not-cached p99 above 30 ms.
+        levels: multiply each note by its instrument's level correction when the checkpoint has
+            one (`levels.Levels`: the level of the notes it trained on, which the presets' gains
+            assume); False renders the model's raw level.
         graphs: render whole batches from CUDA graphs (`fast.GraphedRenderer`, one set per
             thread) instead of in steps (default: on CUDA).  On an H100 a whole small note takes
             ~2 ms from a graph, where the eager head alone took ~6 ms of kernel launches; an
@@ -366,7 +370,7 @@ class NoteRenderer(WorkerQueue):
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
                  on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
                  lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES,
-                 urgent_lane=None, graphs=None):
+                 urgent_lane=None, graphs=None, levels=True):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -387,6 +391,7 @@ class NoteRenderer(WorkerQueue):
         self.cache_limit = int(float(cache_mb) * 2 ** 20)
         self.instruments = {int(k): str(v) for k, v in checkpoint.instruments.items()}
         self._ids = {name: idx for idx, name in self.instruments.items()}
+        self.levels = checkpoint_levels(checkpoint) if levels else None
         # FastRenderer copies the weights onto the device; the checkpoint's model stays put
         self.fast = FastRenderer(checkpoint.model.eval(), dtype=self.dtype, device=self.device)
         self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
@@ -604,6 +609,7 @@ class NoteRenderer(WorkerQueue):
         spent = 0.0
         try:
             head_frames = 0 if preempt else self.head_frames
+            gains = self._gains(batch)
             if self.graphs:
                 steps = self._graph_stages(self._inputs(batch), head_frames)
             else:
@@ -623,7 +629,7 @@ class NoteRenderer(WorkerQueue):
                     spent += time.perf_counter() - t0
                     break
                 if head is not None:
-                    filling = self._start_notes(batch, head.float().cpu().numpy())
+                    filling = self._start_notes(batch, head.float().cpu().numpy() * gains)
                 spent += time.perf_counter() - t0
                 if self._closed and filling is None:
                     steps.close()
@@ -633,7 +639,7 @@ class NoteRenderer(WorkerQueue):
                     self._serve_urgent()
             if waves is not None:
                 t0 = time.perf_counter()
-                waves = waves.float().cpu().numpy()
+                waves = waves.float().cpu().numpy() * gains
                 spent += time.perf_counter() - t0
                 if filling is None:
                     return self._deliver_each(batch, waves, spent)
@@ -809,10 +815,18 @@ class NoteRenderer(WorkerQueue):
         velocity = torch.tensor([int(key[2]) for key in batch], device=self.device)
         return instrument, pitch, velocity
 
+    def _gains(self, batch):
+        """Each note's level correction, `[B, 1]` (1.0 without a calibration)."""
+        if self.levels is None:
+            return np.float32(1.0)
+        weights = torch.stack([self._vector(key[0]) for key in batch])
+        gains = self.levels.gains(weights, [int(key[1]) for key in batch])
+        return gains.numpy().astype(np.float32)[:, None]
+
     def _render(self, batch) -> list:
         """Renders a batch in one go on the model's device; returns float32 arrays at the stream rate."""
         with torch.inference_mode():
-            waves = self.fast(*self._inputs(batch)).float().cpu().numpy()
+            waves = self.fast(*self._inputs(batch)).float().cpu().numpy() * self._gains(batch)
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:
