@@ -143,6 +143,15 @@ def test_latency_note_lists_are_distinct_keys():
         played.add((program, pitch))
 
 
+def test_busy_row_takes_each_notes_attack_off():
+    # a fast note 2 periods late; a pad whose attack takes 3,000 frames, 2 periods late; a note
+    # found cached (its onset the same both times); one silent the first time; one silent after
+    frames = [512, 3512, 3000, None, 700]
+    attacks = [0, 3000, 3000, 10, None]
+    late, first = latency.attack_removed(frames, attacks, 256)
+    assert late == [512, 512, None, None] and first == [512, 3512, None, 700]
+
+
 def test_random_checkpoint_has_the_presets_instruments(tmp_path):
     from sing_synth.checkpoint import load_checkpoint
     from sing_synth.config import named_config
