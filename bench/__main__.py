@@ -133,7 +133,10 @@ def run_latency(s, checkpoint) -> dict:
     text = "\n".join([
         "Note-on -> first sample above -80 dBFS, on JACK's frame clock (0 = the first frame of the "
         "period the note-on entered the graph in).  sing-synth runs with `--audio-api jack` (MIDI "
-        "handled in its audio callback) unless marked PortAudio + rtmidi (the default API).",
+        "handled in its audio callback) unless marked PortAudio + rtmidi (the default API).  "
+        "The prewarm-running row's notes (velocity 25, every preset) are played twice; the second "
+        "time, from the cache, gives each note's own attack, which is taken off its first onset "
+        "(a pad's attack takes up to ~115 ms to reach -80 dBFS; its note gives the onsets with it).",
         "",
         latency.markdown(results),
     ])
