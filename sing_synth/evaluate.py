@@ -291,20 +291,11 @@ def trained_splits(ckpt: Checkpoint, split: str) -> list:
     return trained_on
 
 
-def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_range):
-    """(evaluated notes, the notes it trained on): the split as in training, checked against the
-    checkpoint.  A final model (`train --train-split train+valid`) is not scored on valid, and its
-    sampler baseline draws from the same notes it trained on."""
+def check_notes(ckpt: Checkpoint, data, notes) -> None:
+    """Raises UserError unless every note is one this checkpoint can play as the data names it:
+    its instrument (id and name), pitch and velocity."""
     config = ckpt.model.config
-    if split not in ("train", "valid", "test", "all"):
-        raise UserError(f"split must be train, valid, test or all, got {split!r}")
-    trained_on = trained_splits(ckpt, split)
-    notes = filter_notes(read_examples(data), families or None, sources or None, pitch_range or None)
-    splits = split_notes(notes, seed=seed)
-    chosen = notes if split == "all" else splits[split]
-    if not chosen:
-        raise UserError(f"{data}: the {split} split is empty")
-    for note in chosen:
+    for note in notes:
         if not 0 <= note.instrument < config.n_instruments:
             raise UserError(f"{data}: instrument {note.instrument} ({note.instrument_str}) is not in "
                             f"this checkpoint (ids 0..{config.n_instruments - 1})")
@@ -320,10 +311,25 @@ def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_
             raise UserError(f"{data}: note {note.note_str} has pitch {note.pitch}, outside the "
                             f"checkpoint's 0..{config.n_pitches - 1}")
     rows = velocity_index(config.velocity_rows)
-    bad = next((n for n in chosen if n.velocity not in rows), None)
+    bad = next((n for n in notes if n.velocity not in rows), None)
     if bad is not None:
         raise UserError(f"{data}: note {bad.note_str} has velocity {bad.velocity}, not one of the "
                         f"checkpoint's {tuple(v for v in config.velocity_rows if v)}")
+
+
+def _select_notes(ckpt: Checkpoint, data, split, seed, families, sources, pitch_range):
+    """(evaluated notes, the notes it trained on): the split as in training, checked against the
+    checkpoint.  A final model (`train --train-split train+valid`) is not scored on valid, and its
+    sampler baseline draws from the same notes it trained on."""
+    if split not in ("train", "valid", "test", "all"):
+        raise UserError(f"split must be train, valid, test or all, got {split!r}")
+    trained_on = trained_splits(ckpt, split)
+    notes = filter_notes(read_examples(data), families or None, sources or None, pitch_range or None)
+    splits = split_notes(notes, seed=seed)
+    chosen = notes if split == "all" else splits[split]
+    if not chosen:
+        raise UserError(f"{data}: the {split} split is empty")
+    check_notes(ckpt, data, chosen)
     return chosen, join_splits(notes, splits, trained_on)
 
 

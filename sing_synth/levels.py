@@ -117,6 +117,7 @@ def measure(ckpt, data, split: str, seed: int = 0, batch_size: int = 16, device=
     "sing_db", "target_db"} arrays, one entry per note, levels over `WINDOW_S`."""
     from .data import load_split
     from .device import resolve_device
+    from .evaluate import check_notes
     from .fast import FastRenderer
     config = ckpt.model.config
     try:
@@ -126,11 +127,7 @@ def measure(ckpt, data, split: str, seed: int = 0, batch_size: int = 16, device=
         raise UserError(str(exc)) from None
     if len(dataset) == 0:
         raise UserError(f"{data}: the {split} split is empty")
-    for note in dataset.notes:
-        known = ckpt.instruments.get(note.instrument)
-        if note.instrument >= config.n_instruments or (ckpt.instruments and known != note.instrument_str):
-            raise UserError(f"{data}: instrument {note.instrument} ({note.instrument_str}) is not this "
-                            f"checkpoint's (another dataset?)")
+    check_notes(ckpt, data, dataset.notes)
     device = resolve_device(device)
     renderer = FastRenderer(ckpt.model.to(device), dtype=torch.float32, device=device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny NSynth-format folders of synthetic harmonic instruments."""
 import numpy as np
 import pytest
+import torch
 
 from sing_synth.data import VELOCITIES, Note, write_examples, write_note
 
@@ -54,3 +55,13 @@ def tiny_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("nsynth")
     make_dataset(root)
     return root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a busy 2-core machine, two OpenMP threads waiting on each other can make
+    short runs of tiny models 10-100x slower than when the machine is quiet."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,16 +16,6 @@ from bench.render import Row, default_paths, main, markdown_table, model_flops, 
 from sing_synth.config import SIZES, named_config  # noqa: E402
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread: on a busy 2-core machine, two OpenMP threads waiting on each other can make
-    the short runs below 10-100x slower than when the machine is quiet."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_model_flops_full_size_matches_sing_md():
     flops = model_flops(SIZES["full"])
     assert flops["total"] == flops["lstm"] + flops["decoder"]

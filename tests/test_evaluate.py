@@ -23,12 +23,7 @@ CONFIG = SingConfig(n_instruments=3, lstm_hidden=16, lstm_layers=1, channels=32)
 NAMES = {i: f"synth_test_{i:03d}" for i in range(3)}   # make_dataset's instruments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")    # conftest.py
 
 
 def tiny_checkpoint(path, config=CONFIG, names=NAMES):

@@ -24,14 +24,6 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Recorder:
     def __init__(self):
         self.keys, self.lock = [], threading.Lock()
