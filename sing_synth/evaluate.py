@@ -23,12 +23,11 @@ import torch
 from .checkpoint import Checkpoint, load_checkpoint
 from .data import (NSynthDataset, Note, velocity_index, filter_notes, join_splits, read_examples,
                    split_notes, wav_path)
-from .device import resolve_device
 from .errors import DatasetError, UserError
-from .fast import FastRenderer
 from .levels import checkpoint_levels, spread_db, window_db
 from .loss import SpectralLoss, between_harmonics
 from .midi import midi_frequency
+from .render import rendered_batches
 
 CENTS_OK = 50.0  # a rendering within this many cents of its MIDI pitch counts as in tune
 BASS_HZ = 100.0  # notes whose f0 lies below this are "bass notes" for the fundamental's measure
@@ -381,31 +380,23 @@ def evaluate(ckpt, data, split: str = "test", seed: int = 0, report=None, n_exam
     sources_of = [baseline_source(index, n) for n in notes]
     examples = set(_example_indices(notes, [s is not None for s in sources_of], n_examples))
 
-    device = resolve_device(device)
-    renderer = FastRenderer(ckpt.model.to(device), dtype=torch.float32, device=device)
     dataset = NSynthDataset(data, notes, velocity_rows=config.velocity_rows,
                             sample_rate=config.sample_rate, length=config.length)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     criterion = SpectralLoss("l1")
     try:
         training_loss = SpectralLoss(loss)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     loss_total = 0.0
-    if progress:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=f"eval {split}", unit="batch")
 
     rows, waves = [], {}
     begin = 0
     levels = checkpoint_levels(ckpt)
-    for target, instrument, pitch, velocity in loader:
-        with torch.no_grad():
-            sing = renderer(instrument.to(device), pitch.to(device), velocity.to(device)).float().cpu()
+    for target, sing, instrument, pitch, _ in rendered_batches(
+            ckpt.model, dataset, batch_size, device, progress=f"eval {split}" if progress else ""):
         level_sing = window_db(sing.numpy(), config.sample_rate)
         level_target = window_db(target.numpy(), config.sample_rate)
-        correction = (np.zeros(len(target)) if levels is None else levels.db(
-            torch.nn.functional.one_hot(instrument, config.n_instruments).float(), pitch).numpy())
+        correction = np.zeros(len(target)) if levels is None else levels.db_of_ids(instrument, pitch)
         chunk = notes[begin:begin + len(target)]
         loss_total += training_loss(sing, target).item() * len(target)
         baselines = [None if sources_of[begin + k] is None else

@@ -103,6 +103,11 @@ class Levels:
         per_instrument = self.offset + self.slope * (torch.clamp(pitch, self.low, self.high) - REFERENCE_PITCH)
         return torch.clamp((weights * per_instrument).sum(1), -MAX_DB, MAX_DB)
 
+    def db_of_ids(self, ids, pitch) -> np.ndarray:
+        """`db` of single instruments given by id `[B]`."""
+        ids = torch.as_tensor(np.asarray(ids), dtype=torch.long)
+        return self.db(torch.nn.functional.one_hot(ids, self.n_instruments).float(), pitch).numpy()
+
     def gains(self, weights, pitch) -> torch.Tensor:
         return 10.0 ** (self.db(weights, pitch) / 20.0)
 
@@ -116,9 +121,8 @@ def measure(ckpt, data, split: str, seed: int = 0, batch_size: int = 16, device=
     """Renders ``split``'s notes (fp32, the fast path) and returns {"instrument", "pitch",
     "sing_db", "target_db"} arrays, one entry per note, levels over `WINDOW_S`."""
     from .data import load_split
-    from .device import resolve_device
     from .evaluate import check_notes
-    from .fast import FastRenderer
+    from .render import rendered_batches
     config = ckpt.model.config
     try:
         dataset = load_split(data, split, seed=seed, velocity_rows=config.velocity_rows,
@@ -128,16 +132,9 @@ def measure(ckpt, data, split: str, seed: int = 0, batch_size: int = 16, device=
     if len(dataset) == 0:
         raise UserError(f"{data}: the {split} split is empty")
     check_notes(ckpt, data, dataset.notes)
-    device = resolve_device(device)
-    renderer = FastRenderer(ckpt.model.to(device), dtype=torch.float32, device=device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    if progress:
-        from tqdm import tqdm
-        loader = tqdm(loader, desc=f"levels {split}", unit="batch")
     out = {"instrument": [], "pitch": [], "sing_db": [], "target_db": []}
-    for target, instrument, pitch, velocity in loader:
-        with torch.inference_mode():
-            sing = renderer(instrument.to(device), pitch.to(device), velocity.to(device)).float().cpu()
+    for target, sing, instrument, pitch, _ in rendered_batches(
+            ckpt.model, dataset, batch_size, device, progress=f"levels {split}" if progress else ""):
         out["instrument"].append(instrument.numpy())
         out["pitch"].append(pitch.numpy())
         out["sing_db"].append(window_db(sing.numpy(), config.sample_rate))
@@ -161,9 +158,7 @@ def fit_levels(measured: dict) -> dict:
 
 def residuals_db(measured: dict, levels: Levels) -> np.ndarray:
     """Each note's level error left after the correction (target - SING - correction, dB)."""
-    ids = torch.as_tensor(measured["instrument"], dtype=torch.long)
-    weights = torch.nn.functional.one_hot(ids, levels.n_instruments).float()
-    correction = levels.db(weights, torch.as_tensor(measured["pitch"])).numpy()
+    correction = levels.db_of_ids(measured["instrument"], measured["pitch"])
     return measured["target_db"] - measured["sing_db"] - correction
 
 

@@ -62,6 +62,22 @@ def render_notes(ckpt: Checkpoint, notes, batch_size=32, device="cpu", fast=True
     return [np.clip(w, -1.0, 1.0).astype(np.float32) for w in waves]
 
 
+def rendered_batches(model: SING, dataset, batch_size=16, device="cpu", progress: str = ""):
+    """Yields (target, sing, instrument, pitch, velocity) for each batch of an `NSynthDataset`,
+    SING rendered in fp32 on the fast path (the model's numbers) and back on the CPU.
+    ``progress``: a tqdm bar with that label."""
+    device = resolve_device(device)
+    renderer = FastRenderer(model.to(device), dtype=torch.float32, device=device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
+    if progress:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc=progress, unit="batch")
+    for target, instrument, pitch, velocity in loader:
+        with torch.no_grad():
+            sing = renderer(instrument.to(device), pitch.to(device), velocity.to(device)).float().cpu()
+        yield target, sing, instrument, pitch, velocity
+
+
 @torch.no_grad()
 def evaluate_loss(model: SING, data, split="test", seed=0, loss="l1", batch_size=16, device="cpu"):
     """Mean spectral loss of the fp32 model on a split; returns (loss, number of notes)."""

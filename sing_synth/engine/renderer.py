@@ -609,13 +609,14 @@ class NoteRenderer(WorkerQueue):
         spent = 0.0
         try:
             head_frames = 0 if preempt else self.head_frames
-            gains = self._gains(batch)
+            inputs = self._inputs(batch)
+            gains = self._gains(*inputs)
             if self.graphs:
-                steps = self._graph_stages(self._inputs(batch), head_frames)
+                steps = self._graph_stages(inputs, head_frames)
             else:
                 # an urgent batch gives way to nobody: after its head, the rest in one LSTM run
                 # and one decoder pass (each step costs ~1 ms of overhead at batch 1)
-                steps = self.fast.stages(*self._inputs(batch),
+                steps = self.fast.stages(*inputs,
                                          lstm_chunks=self.lstm_chunks if preempt else 1,
                                          decoder_chunk=self.decoder_chunk if preempt else 1 << 20,
                                          head_frames=head_frames)
@@ -815,18 +816,17 @@ class NoteRenderer(WorkerQueue):
         velocity = torch.tensor([int(key[2]) for key in batch], device=self.device)
         return instrument, pitch, velocity
 
-    def _gains(self, batch):
-        """Each note's level correction, `[B, 1]` (1.0 without a calibration)."""
+    def _gains(self, instrument, pitch, _velocity=None):
+        """Each note's level correction from `_inputs`, `[B, 1]` (1.0 without a calibration)."""
         if self.levels is None:
             return np.float32(1.0)
-        weights = torch.stack([self._vector(key[0]) for key in batch])
-        gains = self.levels.gains(weights, [int(key[1]) for key in batch])
-        return gains.numpy().astype(np.float32)[:, None]
+        return self.levels.gains(instrument, pitch).numpy().astype(np.float32)[:, None]
 
     def _render(self, batch) -> list:
         """Renders a batch in one go on the model's device; returns float32 arrays at the stream rate."""
+        inputs = self._inputs(batch)
         with torch.inference_mode():
-            waves = self.fast(*self._inputs(batch)).float().cpu().numpy() * self._gains(batch)
+            waves = self.fast(*inputs).float().cpu().numpy() * self._gains(*inputs)
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:
