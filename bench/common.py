@@ -107,13 +107,13 @@ def print_or_error(make_text) -> int:
 
 
 @contextlib.contextmanager
-def jack_server(period: int, rate: int = 48000, log_dir=None):
+def jack_server(period: int, rate: int = 48000, log_dir=None, verbose=False):
     """A private jackd (dummy driver) named in JACK_DEFAULT_SERVER for this process and its
-    children while the block runs."""
+    children while the block runs (``verbose``: jackd -v)."""
     from .jack_rig import JackServer, named_server
     need_tools("jackd")
     server = JackServer(rate=rate, period=period, log_dir=log_dir or tempfile.gettempdir(),
-                        prefix="singbench")
+                        prefix="singbench", verbose=verbose)
     try:
         server.start()
     except (OSError, RuntimeError) as exc:

@@ -39,9 +39,10 @@ READY_TIMEOUT = 60.0
 class JackServer:
     """A jackd process with the dummy driver under a private server name."""
 
-    def __init__(self, rate=RATE, period=PERIOD, log_dir=None, prefix="singtest"):
+    def __init__(self, rate=RATE, period=PERIOD, log_dir=None, prefix="singtest", verbose=False):
         self.name = f"{prefix}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.rate, self.period = rate, period
+        self.verbose = verbose             # jackd -v: its log says how long each late cycle had
         self.proc = None
         self.realtime = None
         self.log_path = Path(log_dir or "/tmp") / f"{self.name}.log"
@@ -53,6 +54,7 @@ class JackServer:
         last = ""
         for realtime in (True, False):
             cmd = [jackd, "-n", self.name] + ([] if realtime else ["--no-realtime"]) + \
+                  (["-v"] if self.verbose else []) + \
                   ["-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
             self._log = open(self.log_path, "ab")
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,

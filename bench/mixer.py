@@ -107,7 +107,7 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
     programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
     notes = chord(voices)
     name = "bench-soak" if synth == "sing" else "bench-soak-fluid"
-    with common.jack_server(period) as server:
+    with common.jack_server(period, verbose=True) as server:
         # no capture client here: the only other client is the MIDI sender
         kind, sender = sender, (R.RtMidiSender() if sender == "rtmidi" else R.MidiSender())
         try:
@@ -127,9 +127,15 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
             sender.close()
         server_log = server.log_path.read_bytes()[log_size:].decode(errors="replace")
     late = late_clients(server_log)
+    period_us = 1e6 * period / RATE
+    short = [had for client, _, had in late_cycles(server_log)
+             if client == name and in_short_cycle(had, period_us)]
     result = {"synth": "sing-synth" if synth == "sing" else "FluidSynth",
               "seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
               "synth_late": late.get(name, 0),
+              # late in cycles the server began late: the VM's; the rest are the synth's own
+              "synth_late_own": late.get(name, 0) - len(short), "synth_late_short": len(short),
+              "short_had_ms": min(short) / 1000.0 if short else None,
               "others_late": sum(n for client, n in late.items() if client != name),
               "voices_min": min(voices_seen[5:] or voices_seen) if voices_seen else None,
               "voices_max": max(voices_seen) if voices_seen else None, "presets_queued": queued,
@@ -138,7 +144,8 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
               "sender_late_finishes": finish[1],
               "rt_threads": sched[2], "rt_wait_ms": sched[0] / 1e6, "rt_slices": sched[1],
               "last_status": lines[-1] if lines else ""}
-    log(f"  soak {synth}: late {result['synth_late']} cycles, xruns {xruns}")
+    log(f"  soak {synth}: late {result['synth_late']} cycles ({len(short)} in cycles the server "
+        f"began late), xruns {xruns}")
     return result
 
 
@@ -183,14 +190,42 @@ def _hold(proc, sender, notes, programs, seconds) -> tuple:
     return voices_seen, k
 
 
-def late_states(log_text, name) -> dict:
-    """{state: cycles} of client ``name``'s late cycles in jackd's log ("... was not finished,
-    state = Triggered"): Triggered means its thread had not even started the cycle by the
-    deadline (the OS, or the hypervisor, did not run it), Running that its callback ran too long."""
-    states = {}
+def late_cycles(log_text) -> list:
+    """``[(client, state, had_us)]``, one per late cycle in jackd's log, in order ("JackEngine::
+    XRun: client = NAME was not finished, state = Running").  ``state``: 'Triggered', the client's
+    thread had not started the cycle by the deadline (the OS, or the hypervisor, did not run it),
+    'Running', its callback was still running.  ``had_us``: how long the graph had had for the
+    cycle when it was found unfinished ("waiting to switch delta", logged by ``jackd -v``; None
+    without it): a whole period when the client overran, less when the server itself began the
+    cycle late.  The dummy driver keeps an absolute schedule: woken L us late (the VM's timers),
+    it starts the next cycle L us early to catch up, and whichever client is still running then
+    is logged late."""
+    cycles, had = [], None
     for line in log_text.splitlines():
-        if f"client = {name} was not finished" in line:
-            state = line.split("state = ", 1)[1].strip() if "state = " in line else "?"
+        if "graph not finished" in line:
+            had = None
+        elif "waiting to switch delta = " in line:
+            had = int(line.rsplit("= ", 1)[1])
+        elif "XRun: client = " in line and " was not finished" in line:
+            name, rest = line.split("client = ", 1)[1].split(" was not finished", 1)
+            state = rest.split("state = ", 1)[1].strip() if "state = " in rest else "?"
+            cycles.append((name.strip(), state, had))
+    return cycles
+
+
+SHORT_CYCLE = 0.9        # a late cycle that had less than this share of a period: the server's
+
+
+def in_short_cycle(had_us, period_us: float) -> bool:
+    """True when a late cycle (`late_cycles`) had less than ``SHORT_CYCLE`` of its period."""
+    return had_us is not None and had_us < SHORT_CYCLE * period_us
+
+
+def late_states(log_text, name) -> dict:
+    """{state: cycles} of client ``name``'s late cycles in jackd's log (`late_cycles`)."""
+    states = {}
+    for client, state, _ in late_cycles(log_text):
+        if client == name:
             states[state] = states.get(state, 0) + 1
     return states
 
@@ -233,14 +268,11 @@ def _delta(after: tuple, before: tuple) -> tuple:
 
 
 def late_clients(log_text) -> dict:
-    """{client: cycles it did not finish in time} from jackd's log ("JackEngine::XRun: client =
-    NAME was not finished"): which client caused each xrun (JACK's xrun callback, which the
-    synth counts, fires for every client's)."""
+    """{client: cycles it did not finish in time} from jackd's log (`late_cycles`): which client
+    caused each xrun (JACK's xrun callback, which the synth counts, fires for every client's)."""
     late = {}
-    for line in log_text.splitlines():
-        if "XRun: client = " in line:
-            name = line.split("client = ", 1)[1].split(" was not", 1)[0].strip()
-            late[name] = late.get(name, 0) + 1
+    for client, _, _ in late_cycles(log_text):
+        late[client] = late.get(client, 0) + 1
     return late
 
 
@@ -315,9 +347,9 @@ def soak_runs(checkpoint, seconds=60.0, runs=3, sender="rtmidi", log=common.log)
     return rows
 
 
-def late_summary(rows, synth) -> str:
-    """'0, 0, 5 (median 0, worst 5)' over ``synth``'s runs; '' when it has none."""
-    late = [r["synth_late"] for r in rows if r.get("synth") == synth]
+def late_summary(rows, synth, key="synth_late") -> str:
+    """'0, 0, 5 (median 0, worst 5)' of ``key`` over ``synth``'s runs; '' when it has none."""
+    late = [own_late(r) if key == "synth_late_own" else r[key] for r in rows if r.get("synth") == synth]
     if not late:
         return ""
     text = ", ".join(str(n) for n in late)
@@ -326,22 +358,36 @@ def late_summary(rows, synth) -> str:
     return text
 
 
+def own_late(row) -> int:
+    """The synth's late cycles of its own in a soak row: those in a full period (all of them for
+    a row measured without ``jackd -v``)."""
+    return row.get("synth_late_own", row["synth_late"])
+
+
+def _short(row) -> str:
+    n = row.get("synth_late_short", 0)
+    return f"{n} ({common.fmt(row['short_had_ms'])})" if n else "0"
+
+
 def _states(states: dict) -> str:
     return ", ".join(f"{n} {state}" for state, n in sorted(states.items())) if states else "-"
 
 
 def soak_markdown(rows) -> str:
     header = ("synth", "run", "MIDI sender", "seconds", "voices held", "voices seen", "xruns (JACK's count)",
-              "cycles the synth was late (jackd log)", "their state", "cycles the MIDI sender was late",
+              "cycles the synth was late (jackd log)",
+              "of them in a cycle the server began late (least time the graph had, ms)",
+              "their state", "cycles the MIDI sender was late",
               "sender's latest return, % of the period (cycles past 50%)",
               "steal ms (hypervisor)", "RT threads' run-queue wait ms", "program changes meanwhile")
     body = [(r["synth"], r.get("run", 1), r.get("sender", "python"), common.fmt(r["seconds"]), r["voices"],
              "-" if r["voices_min"] is None else f"{r['voices_min']}..{r['voices_max']}",
-             "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _states(r.get("late_states", {})),
+             "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _short(r),
+             _states(r.get("late_states", {})),
              r["others_late"], _finish(r), common.fmt(r.get("steal_ms", 0.0)),
              f"{common.fmt(r.get('rt_wait_ms', 0.0))} ({r.get('rt_threads', 0)} threads)",
              r["presets_queued"]) for r in rows]
-    return common.table(header, body, ["l", "r", "l"] + ["r"] * 5 + ["l"] + ["r"] * 5)
+    return common.table(header, body, ["l", "r", "l"] + ["r"] * 6 + ["l"] + ["r"] * 5)
 
 
 def _finish(row) -> str:
