@@ -165,7 +165,9 @@ def run_mixer(s, checkpoint) -> dict:
         "a whole period when the client overran; less when the dummy driver's timer woke the "
         "server late (this VM's timers, up to 5 ms) and it began the next cycle early to catch up "
         "its schedule, so whichever client was still running is logged late.  Those cycles (less "
-        "than 90% of the period) are counted apart: the target is judged on the synth's own.  "
+        "than 90% of the period) are counted apart, and so are cycles in which the synth had not "
+        "started because its MIDI source, before it in the graph, was late too: the target is "
+        "judged on the synth's own.  "
         "Steal: time the hypervisor gave this VM's CPUs to others during the soak; run-queue wait: "
         "time the synth's real-time threads were ready but not running (/proc schedstat).  "
         "sing-synth applies MIDI and mixer events each only in the first 15% of a period "
@@ -207,8 +209,9 @@ def _verdict(ok) -> str:
 
 
 def _soak_target(soaks, every) -> tuple:
-    """The soak's row: judged on the late cycles of sing-synth's own (in a full period); those in
-    cycles the JACK server itself began late are the VM's timers (`mixer.late_cycles`)."""
+    """The soak's row: judged on sing-synth's own late cycles; those in cycles the JACK server
+    itself began late (the VM's timers) or behind the late MIDI sender are counted apart
+    (`mixer.late_causes`)."""
     from . import mixer
     late = sum(r["synth_late"] for r in soaks)
     own = sum(mixer.own_late(r) for r in soaks)
@@ -216,12 +219,17 @@ def _soak_target(soaks, every) -> tuple:
     text = f"sing-synth late in {len(soaks)} run(s): {mixer.late_summary(every, 'sing-synth')}"
     if late:
         text += f", {triggered} of the {late} not yet started (Triggered)"
-    if late > own:
-        short = [r for r in soaks if r.get("synth_late_short")]
+    short = [r for r in soaks if r.get("synth_late_short")]
+    if short:
         had = min(r["short_had_ms"] for r in short)
-        text += (f"; {late - own} of the {late} in cycles the server itself began late (the graph "
-                 f"had {had:.2f} ms or more of {short[0]['period'] / 48.0:.2f}), late of its own: "
-                 f"{mixer.late_summary(every, 'sing-synth', 'synth_late_own')}")
+        text += (f"; {sum(r['synth_late_short'] for r in short)} of the {late} in cycles the server "
+                 f"itself began late (the graph had {had:.2f} ms or more of "
+                 f"{short[0]['period'] / 48.0:.2f})")
+    behind = sum(r.get("synth_late_behind", 0) for r in soaks)
+    if behind:
+        text += f"; {behind} not started behind the late MIDI sender"
+    if late > own:
+        text += f"; late of its own: {mixer.late_summary(every, 'sing-synth', 'synth_late_own')}"
     text += f"; the bench's MIDI sender {sum(r['others_late'] for r in soaks)}"
     fluid = mixer.late_summary(every, "FluidSynth")
     if fluid:

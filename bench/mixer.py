@@ -127,15 +127,14 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
             sender.close()
         server_log = server.log_path.read_bytes()[log_size:].decode(errors="replace")
     late = late_clients(server_log)
-    period_us = 1e6 * period / RATE
-    short = [had for client, _, had in late_cycles(server_log)
-             if client == name and in_short_cycle(had, period_us)]
+    causes = late_causes(server_log, name, 1e6 * period / RATE)
     result = {"synth": "sing-synth" if synth == "sing" else "FluidSynth",
               "seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
               "synth_late": late.get(name, 0),
-              # late in cycles the server began late: the VM's; the rest are the synth's own
-              "synth_late_own": late.get(name, 0) - len(short), "synth_late_short": len(short),
-              "short_had_ms": min(short) / 1000.0 if short else None,
+              # late in cycles the server began late (the VM's timers) or behind the late
+              # sender: not the synth's own
+              "synth_late_own": causes["own"], "synth_late_short": causes["short"],
+              "synth_late_behind": causes["behind"], "short_had_ms": causes["short_had_ms"],
               "others_late": sum(n for client, n in late.items() if client != name),
               "voices_min": min(voices_seen[5:] or voices_seen) if voices_seen else None,
               "voices_max": max(voices_seen) if voices_seen else None, "presets_queued": queued,
@@ -144,8 +143,8 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
               "sender_late_finishes": finish[1],
               "rt_threads": sched[2], "rt_wait_ms": sched[0] / 1e6, "rt_slices": sched[1],
               "last_status": lines[-1] if lines else ""}
-    log(f"  soak {synth}: late {result['synth_late']} cycles ({len(short)} in cycles the server "
-        f"began late), xruns {xruns}")
+    log(f"  soak {synth}: late {result['synth_late']} cycles ({causes['short']} in cycles the "
+        f"server began late, {causes['behind']} behind the late sender), xruns {xruns}")
     return result
 
 
@@ -191,25 +190,26 @@ def _hold(proc, sender, notes, programs, seconds) -> tuple:
 
 
 def late_cycles(log_text) -> list:
-    """``[(client, state, had_us)]``, one per late cycle in jackd's log, in order ("JackEngine::
-    XRun: client = NAME was not finished, state = Running").  ``state``: 'Triggered', the client's
-    thread had not started the cycle by the deadline (the OS, or the hypervisor, did not run it),
-    'Running', its callback was still running.  ``had_us``: how long the graph had had for the
-    cycle when it was found unfinished ("waiting to switch delta", logged by ``jackd -v``; None
-    without it): a whole period when the client overran, less when the server itself began the
-    cycle late.  The dummy driver keeps an absolute schedule: woken L us late (the VM's timers),
-    it starts the next cycle L us early to catch up, and whichever client is still running then
-    is logged late."""
-    cycles, had = [], None
+    """``[(client, state, had_us, cycle)]``, one per late client in jackd's log, in order
+    ("JackEngine::XRun: client = NAME was not finished, state = Running").  ``state``:
+    'Triggered', the client's thread had not started the cycle by the deadline (the OS, or the
+    hypervisor, did not run it, or a client before it in the graph was late), 'Running', it was
+    still running.  ``had_us``: how long the graph had had for the cycle when it was found
+    unfinished ("waiting to switch delta", logged by ``jackd -v``; None without it): a whole
+    period when the client overran, less when the server itself began the cycle late.  The dummy
+    driver keeps an absolute schedule: woken L us late (the VM's timers), it starts the next cycle
+    L us early to catch up, and whichever client is still running then is logged late.
+    ``cycle``: the same number for the clients found late in one cycle (None without -v)."""
+    cycles, had, cycle = [], None, None
     for line in log_text.splitlines():
         if "graph not finished" in line:
-            had = None
+            had, cycle = None, 0 if cycle is None else cycle + 1
         elif "waiting to switch delta = " in line:
             had = int(line.rsplit("= ", 1)[1])
         elif "XRun: client = " in line and " was not finished" in line:
             name, rest = line.split("client = ", 1)[1].split(" was not finished", 1)
             state = rest.split("state = ", 1)[1].strip() if "state = " in rest else "?"
-            cycles.append((name.strip(), state, had))
+            cycles.append((name.strip(), state, had, cycle))
     return cycles
 
 
@@ -221,10 +221,32 @@ def in_short_cycle(had_us, period_us: float) -> bool:
     return had_us is not None and had_us < SHORT_CYCLE * period_us
 
 
+def late_causes(log_text, name, period_us: float) -> dict:
+    """Client ``name``'s late cycles (`late_cycles`) by cause: 'short', in a cycle the server
+    itself began late (`in_short_cycle`); 'behind', not started in a cycle in which another client
+    (in the soak, its MIDI source, before it in the graph) was late too; 'own', the rest.
+    'short_had_ms': the least time a 'short' cycle had (None without one)."""
+    cycles = late_cycles(log_text)
+    others = {c for client, _, _, c in cycles if client != name and c is not None}
+    causes, least = {"own": 0, "short": 0, "behind": 0}, None
+    for client, state, had, cycle in cycles:
+        if client != name:
+            continue
+        if in_short_cycle(had, period_us):
+            causes["short"] += 1
+            least = had if least is None else min(least, had)
+        elif state == "Triggered" and cycle in others:
+            causes["behind"] += 1
+        else:
+            causes["own"] += 1
+    causes["short_had_ms"] = None if least is None else least / 1000.0
+    return causes
+
+
 def late_states(log_text, name) -> dict:
     """{state: cycles} of client ``name``'s late cycles in jackd's log (`late_cycles`)."""
     states = {}
-    for client, state, _ in late_cycles(log_text):
+    for client, state, _, _ in late_cycles(log_text):
         if client == name:
             states[state] = states.get(state, 0) + 1
     return states
@@ -271,7 +293,7 @@ def late_clients(log_text) -> dict:
     """{client: cycles it did not finish in time} from jackd's log (`late_cycles`): which client
     caused each xrun (JACK's xrun callback, which the synth counts, fires for every client's)."""
     late = {}
-    for client, _, _ in late_cycles(log_text):
+    for client, _, _, _ in late_cycles(log_text):
         late[client] = late.get(client, 0) + 1
     return late
 
@@ -359,8 +381,8 @@ def late_summary(rows, synth, key="synth_late") -> str:
 
 
 def own_late(row) -> int:
-    """The synth's late cycles of its own in a soak row: those in a full period (all of them for
-    a row measured without ``jackd -v``)."""
+    """The synth's late cycles of its own in a soak row (`late_causes`; all of them for a row
+    measured without ``jackd -v``)."""
     return row.get("synth_late_own", row["synth_late"])
 
 
@@ -377,17 +399,18 @@ def soak_markdown(rows) -> str:
     header = ("synth", "run", "MIDI sender", "seconds", "voices held", "voices seen", "xruns (JACK's count)",
               "cycles the synth was late (jackd log)",
               "of them in a cycle the server began late (least time the graph had, ms)",
+              "of them not started behind the late MIDI sender",
               "their state", "cycles the MIDI sender was late",
               "sender's latest return, % of the period (cycles past 50%)",
               "steal ms (hypervisor)", "RT threads' run-queue wait ms", "program changes meanwhile")
     body = [(r["synth"], r.get("run", 1), r.get("sender", "python"), common.fmt(r["seconds"]), r["voices"],
              "-" if r["voices_min"] is None else f"{r['voices_min']}..{r['voices_max']}",
-             "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _short(r),
+             "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _short(r), r.get("synth_late_behind", 0),
              _states(r.get("late_states", {})),
              r["others_late"], _finish(r), common.fmt(r.get("steal_ms", 0.0)),
              f"{common.fmt(r.get('rt_wait_ms', 0.0))} ({r.get('rt_threads', 0)} threads)",
              r["presets_queued"]) for r in rows]
-    return common.table(header, body, ["l", "r", "l"] + ["r"] * 6 + ["l"] + ["r"] * 5)
+    return common.table(header, body, ["l", "r", "l"] + ["r"] * 7 + ["l"] + ["r"] * 5)
 
 
 def _finish(row) -> str:

@@ -170,10 +170,26 @@ def test_mixer_sweep_rows_and_late_clients():
     assert mixer.late_clients(log) == {"bench-soak": 3, "e2e-midi": 1}
     assert mixer.late_states(log, "bench-soak") == {"Running": 2, "Triggered": 1}
     assert mixer.late_states(log, "bench-soak-fluid") == {}
-    assert mixer.late_cycles(log) == [("bench-soak", "Running", None), ("e2e-midi", "Triggered", 1290),
-                                      ("bench-soak", "Triggered", 1290), ("bench-soak", "Running", None)]
+    assert mixer.late_cycles(log) == [("bench-soak", "Running", None, None),
+                                      ("e2e-midi", "Triggered", 1290, 0),
+                                      ("bench-soak", "Triggered", 1290, 0),
+                                      ("bench-soak", "Running", None, 1)]
     assert mixer.in_short_cycle(1290, 5333.3) and not mixer.in_short_cycle(5290, 5333.3)
     assert not mixer.in_short_cycle(None, 5333.3)          # unknown: counted as the synth's own
+    assert mixer.late_causes(log, "bench-soak", 5333.3) == {"own": 2, "short": 1, "behind": 0,
+                                                            "short_had_ms": 1.29}
+    behind = ("Jack: Process: graph not finished!\n"
+              "Jack: Process: waiting to switch delta = 5347\n"
+              "JackEngine::XRun: client = e2e-midi was not finished, state = Triggered\n"
+              "JackEngine::XRun: client = bench-soak was not finished, state = Triggered\n"
+              "Jack: Process: graph not finished!\n"
+              "Jack: Process: waiting to switch delta = 5239\n"
+              "JackEngine::XRun: client = bench-soak was not finished, state = Triggered\n")
+    assert mixer.late_causes(behind, "bench-soak", 5333.3) == {"own": 1, "short": 0, "behind": 1,
+                                                               "short_had_ms": None}
+    # without -v nothing says which lines share a cycle: all the synth's own
+    plain = "\n".join(line for line in behind.splitlines() if "XRun" in line)
+    assert mixer.late_causes(plain, "bench-soak", 5333.3)["own"] == 2
     assert mixer.cpu_steal() >= 0
     child = subprocess.Popen(["sleep", "30"])
     try:
@@ -216,15 +232,17 @@ def test_targets_table_from_results():
                                       period=256, presets_queued=15, run=2)])
     assert "4 Triggered" in table.splitlines()[-1] and "| 2 |" in table.splitlines()[-1]
     # 4 of the 5 in cycles the server began late: judged on the one of its own
-    results["mixer"]["soak"][2].update(synth_late_own=1, synth_late_short=4, short_had_ms=0.62, period=256)
+    results["mixer"]["soak"][2].update(synth_late_own=1, synth_late_short=3, synth_late_behind=1,
+                                       short_had_ms=0.62, period=256)
     text, verdict = {t.split(" (")[0]: (m, v) for t, m, v in bench_main.targets(results)}[
         "mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
-    assert "missed" in verdict and "4 of the 5 in cycles the server itself began late" in text
-    assert "the graph had 0.62 ms or more of 5.33), late of its own: 0, 1" in text
-    results["mixer"]["soak"][2].update(synth_late_own=0, synth_late_short=5)
+    assert "missed" in verdict and "3 of the 5 in cycles the server itself began late" in text
+    assert "(the graph had 0.62 ms or more of 5.33); 1 not started behind the late MIDI sender" in text
+    assert "late of its own: 0, 1 (median 0.5, worst 1)" in text
+    results["mixer"]["soak"][2].update(synth_late_own=0, synth_late_short=4)
     assert bench_main.targets(results)[1][2] == "met"
     row = dict(results["mixer"]["soak"][2], voices=128, voices_min=128, voices_max=128, presets_queued=15)
-    assert "| 5 | 5 (0.620) | 1 Running, 4 Triggered |" in mixer.soak_markdown([row])
+    assert "| 5 | 4 (0.620) | 1 | 1 Running, 4 Triggered |" in mixer.soak_markdown([row])
     assert rows["cached note-on -> sound <= 1 period"] == "met"
     assert "missed" in rows["not-cached note-on -> sound <= 30 ms"]
     assert "| synth |" in latency.markdown(lat)
@@ -256,7 +274,7 @@ with common.jack_server(256, verbose=True) as server:
     client.deactivate()
     client.close()
     log = server.log_path.read_text(errors="replace")
-print(repr([(s, had) for name, s, had in mixer.late_cycles(log) if name == "slow-probe"]))
+print(repr([(s, had) for name, s, had, _ in mixer.late_cycles(log) if name == "slow-probe"]))
 """
 
 
