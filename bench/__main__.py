@@ -323,7 +323,7 @@ def header_lines(args, label, load_before, load_after, started) -> list:
         "- FluidSynth: `" + " ".join(common.fluidsynth_command("NAME")) + "` (shell on stdin; "
         "JACK ports connected by the bench)",
         "- JACK: `jackd -n NAME -d dummy -r 48000 -p PERIOD` (private server per period; "
-        "real-time scheduling when allowed)",
+        "real-time scheduling when allowed; `jackd -v` for the soak)",
     ]
 
 

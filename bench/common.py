@@ -107,9 +107,45 @@ def print_or_error(make_text) -> int:
 
 
 @contextlib.contextmanager
+def c_output_to(path):
+    """File descriptors 1 and 2, where C libraries write (libjack's verbose lines go to stdout),
+    go to ``path`` while the block runs; Python's ``sys.stdout`` and ``sys.stderr`` (the tables,
+    `log`) still write where they did."""
+    old = sys.stdout, sys.stderr
+    for stream in old:
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    sys.stdout, sys.stderr = (os.fdopen(os.dup(fd), "w", buffering=1) for fd in saved)
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    for fd in (1, 2):
+        os.dup2(out, fd)
+    os.close(out)
+    try:
+        yield
+    finally:
+        _flush_c_streams()
+        for stream in (sys.stdout, sys.stderr):
+            stream.close()
+        sys.stdout, sys.stderr = old
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _flush_c_streams() -> None:
+    """C's stdio buffers (fflush(NULL)), so that nothing written in a block lands after it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
 def jack_server(period: int, rate: int = 48000, log_dir=None, verbose=False):
     """A private jackd (dummy driver) named in JACK_DEFAULT_SERVER for this process and its
-    children while the block runs (``verbose``: jackd -v)."""
+    children while the block runs.  ``verbose``: jackd -v; libjack then logs verbosely in every
+    client too, and this process's clients' lines go to the server's log path + '.clients'."""
     from .jack_rig import JackServer, named_server
     need_tools("jackd")
     server = JackServer(rate=rate, period=period, log_dir=log_dir or tempfile.gettempdir(),
@@ -123,7 +159,8 @@ def jack_server(period: int, rate: int = 48000, log_dir=None, verbose=False):
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0002)
     try:
-        with named_server(server):
+        clients_log = server.log_path.with_name(server.log_path.name + ".clients")
+        with named_server(server), c_output_to(clients_log) if verbose else contextlib.nullcontext():
             yield server
     finally:
         sys.setswitchinterval(switch)

@@ -336,3 +336,24 @@ def test_capture_zeroes_the_cycles_it_missed():
     assert cap.missed_in(3000, 4000) == 80 and cap.missed_in(0, 2950) == 0
     cap._zero(10_000, 12_500)               # a gap longer than the ring clears all of it
     assert (cap.buf == 0).all() and cap.missed_in(0, 1 << 40) == 130 + 2500
+
+
+def test_c_output_to_sends_c_writes_to_the_file_and_keeps_python_lines(tmp_path):
+    """`common.c_output_to`: what C code writes to fds 1 and 2 (libjack's verbose lines), even
+    through stdio's buffer, lands in the file; Python's prints and `common.log` lines still reach
+    the process's stdout and stderr, and the fds are put back after."""
+    code = ("import ctypes, os\n"
+            "from bench import common\n"
+            f"with common.c_output_to({str(tmp_path / 'c.log')!r}):\n"
+            "    os.write(1, b'C out\\n')\n"
+            "    os.write(2, b'C err\\n')\n"
+            "    ctypes.CDLL(None).printf(b'buffered\\n')\n"
+            "    print('table')\n"
+            "    common.log('progress')\n"
+            "os.write(1, b'after\\n')\n"
+            "os.write(2, b'after\\n')\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "table\nafter\n" and r.stderr == "progress\nafter\n"
+    assert sorted((tmp_path / "c.log").read_text().splitlines()) == ["C err", "C out", "buffered"]
