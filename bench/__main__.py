@@ -229,12 +229,12 @@ def _soak_target(soaks, every) -> tuple:
     if behind:
         text += f"; {behind} not started behind the late MIDI sender"
     if late > own:
-        text += f"; late of its own: {mixer.late_summary(every, 'sing-synth', 'synth_late_own')}"
+        text += f"; late of its own: {mixer.late_summary(every, 'sing-synth', mixer.own_late)}"
     text += f"; the bench's MIDI sender {sum(r['others_late'] for r in soaks)}"
     fluid = mixer.late_summary(every, "FluidSynth")
     if fluid:
         text += (f"; FluidSynth late {fluid} on the same schedule, of its own "
-                 f"{mixer.late_summary(every, 'FluidSynth', 'synth_late_own')}")
+                 f"{mixer.late_summary(every, 'FluidSynth', mixer.own_late)}")
     return (f"mixer: 0 xruns in a {soaks[0]['seconds']:g} s soak, 128 voices, prewarm running",
             text, _verdict(own == 0))
 

@@ -369,9 +369,11 @@ def soak_runs(checkpoint, seconds=60.0, runs=3, sender="rtmidi", log=common.log)
     return rows
 
 
-def late_summary(rows, synth, key="synth_late") -> str:
-    """'0, 0, 5 (median 0, worst 5)' of ``key`` over ``synth``'s runs; '' when it has none."""
-    late = [own_late(r) if key == "synth_late_own" else r[key] for r in rows if r.get("synth") == synth]
+def late_summary(rows, synth, count=None) -> str:
+    """'0, 0, 5 (median 0, worst 5)' of ``count(row)`` (default: all its late cycles) over
+    ``synth``'s runs; '' when it has none."""
+    count = count or (lambda row: row["synth_late"])
+    late = [count(r) for r in rows if r.get("synth") == synth]
     if not late:
         return ""
     text = ", ".join(str(n) for n in late)
