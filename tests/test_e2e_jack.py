@@ -146,7 +146,11 @@ def test_harness_with_standin(jack_server, capture, midi_sender):  # noqa: F811
         time.sleep(0.2)
         f, x = play(midi_sender, capture, 69, 0.5)
         lat = latency_frames(x)
-        f0 = fundamental(held(x, lat))
+        # the median of four 0.1 s pieces: the stand-in is a Python PortAudio client, and one
+        # dropout of its own in the held part (once in a clean CI run) put sidebands within
+        # -30 dB of the tone, read as a 427 Hz fundamental
+        parts = np.split(held(x, lat), 4)
+        f0 = float(np.median([fundamental(part) for part in parts]))
         midi_sender.send(midi_sender.note_off(69))
         assert abs(H.cents(f0, 440.0)) < 5, f0
         # JACK2 may run the stand-in's MIDI client before its audio client in the note-on's own
