@@ -63,6 +63,23 @@ def test_varispeed_bend_moves_pitch_by_200_cents():
     assert abs(cents(frequency(out[2400:, 0]), 440.0)) < 10
 
 
+def test_varispeed_is_linear_interpolation_up_to_each_notes_end():
+    rng = np.random.default_rng(7)
+    rates = (0.61, 1.37, 2.9)       # base rates: every voice at varispeed from its first block
+    notes = [(0.05 * rng.standard_normal(n)).astype(np.float32) for n in (9000, 7001, 20000)]
+    mixer = make_mixer()
+    for ch, (note, rate) in enumerate(zip(notes, rates)):
+        mixer.post(NoteOn(ch, 60, note, gain=1.0, release=0.05, rate=rate))
+    out = run(mixer, blocks=80)
+    want = np.zeros(len(out))
+    for note, rate in zip(notes, rates):
+        pos = rate * np.arange(len(out))
+        inside = pos <= len(note) - 1            # after its last sample a voice is silent
+        want[inside] += np.interp(pos[inside], np.arange(len(note)), note)
+    np.testing.assert_allclose(out[:, 0], want, atol=2e-6)
+    assert mixer.sounding_voices == 0 and mixer.collect() == 3
+
+
 def test_all_sound_off_and_all_notes_off_silence():
     mixer = make_mixer()
     for ch, pitch in ((0, 60), (0, 64), (1, 67)):
