@@ -157,8 +157,11 @@ def run_mixer(s, checkpoint) -> dict:
         "",
         "Soak through jackd (period 256), sing-synth `--audio-api jack`, organ, 128 voices re-struck "
         "every 3 s, a program change every 4 s on channel 6 keeping the renderer prewarming; "
-        "FluidSynth through the same schedule (its organ), a sample player for comparison; the "
-        "two alternate, each run its own server.  Which client was late in each xrun, and in "
+        "FluidSynth through the same schedule (its organ), a sample player for comparison, alone "
+        f"and{mixer.LOADED} -- sing-synth's renderer prewarming the same program changes in a "
+        "process of its own with no audio (`bench.load`), so that FluidSynth runs on the machine "
+        "state sing-synth's soak has; the three alternate, each run its own server.  "
+        "Which client was late in each xrun, and in "
         "what state, from jackd's log: 'Triggered' means the client's thread had not yet started "
         "the cycle at the deadline (not scheduled in time), 'Running' that it was still running.  "
         "jackd runs with -v, which logs how long the graph had when it found a cycle unfinished: "
@@ -231,10 +234,12 @@ def _soak_target(soaks, every) -> tuple:
     if late > own:
         text += f"; late of its own: {mixer.late_summary(every, 'sing-synth', mixer.own_late)}"
     text += f"; the bench's MIDI sender {sum(r['others_late'] for r in soaks)}"
-    fluid = mixer.late_summary(every, "FluidSynth")
-    if fluid:
-        text += (f"; FluidSynth late {fluid} on the same schedule, of its own "
-                 f"{mixer.late_summary(every, 'FluidSynth', mixer.own_late)}")
+    for synth, how in (("FluidSynth", "on the same schedule"),
+                       ("FluidSynth" + mixer.LOADED, "with sing-synth's renderer load beside it")):
+        fluid = mixer.late_summary(every, synth)
+        if fluid:
+            text += (f"; FluidSynth late {fluid} {how}, of its own "
+                     f"{mixer.late_summary(every, synth, mixer.own_late)}")
     return (f"mixer: 0 xruns in a {soaks[0]['seconds']:g} s soak, 128 voices, prewarm running",
             text, _verdict(own == 0))
 

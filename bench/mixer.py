@@ -8,7 +8,8 @@
 - soak: sing-synth (``--audio-api jack``) on a jackd dummy server, 128 voices held (re-struck
   every 3 s: SING notes last 4 s) for ``--soak-s`` seconds while its renderer prewarms in the
   background (a program change every 4 s on another channel queues a preset's notes); xruns
-  from its status line (JACK's xrun callback) and from the server's log.
+  from its status line (JACK's xrun callback) and from the server's log.  FluidSynth on the same
+  schedule, alone and with that renderer load beside it (`bench.load`, no audio).
 - CPU: sing-synth and FluidSynth on the same server, ``--polyphony`` notes held (organ, program
   16: FluidR3's organ loops, so its voices last), utime + stime of the process from
   /proc/<pid>/stat over the held interval, as a share of one core.
@@ -18,15 +19,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import queue
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 from sing_synth.engine.bench import bench_mixer
 
 from . import common
 from . import jack_rig as R
+from .load import PROGRAM_CHANNEL, soak_programs
 
 RATE = 48000
 ORGAN = 16
@@ -91,27 +96,31 @@ def last_value(synth, key):
 
 # ------------------------------------------------------------------------------------ soak
 SENDERS = ("rtmidi", "python")
+LOADED = " + renderer load"     # a soak row's synth with `bench.load` running beside it
 
 
 def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender="rtmidi",
-         log=common.log) -> dict:
+         load=False, log=common.log) -> dict:
     """``voices`` notes held through JACK for ``seconds``, re-struck every 3 s, a program change
     every 4 s on another channel: sing-synth's renderer prewarms meanwhile.  ``synth``
     'fluidsynth' runs FluidSynth through the same schedule (its organ, whose samples loop), for
-    comparison.  (A C client alone, jack_metro, is never late here, even with both cores busy:
-    late cycles are the synth's own.)  ``sender``: the MIDI source, 'rtmidi' (RtMidi's JACK
+    comparison.  (A C client with next to no work a cycle, jack_metro, was never late here even
+    with both cores busy; FluidSynth, 128 voices of real work, is late with sing-synth's renderer
+    load beside it.)  ``sender``: the MIDI source, 'rtmidi' (RtMidi's JACK
     client, a C++ callback, as a DAW's) or 'python' (`jack_rig.MidiSender`, a Python callback in
     this process: when it returns late in a cycle, the synth after it is blamed in state
-    'Triggered'; its worst return frame is reported)."""
-    from sing_synth.presets import load_presets
-    programs = [p.program for p in load_presets().values() if p.program not in (0, ORGAN)]
+    'Triggered'; its worst return frame is reported).  ``load``: sing-synth's renderer load
+    (`bench.load`, no audio) runs beside the synth, as sing-synth's own prewarm runs beside its
+    mixer: FluidSynth on the same machine state."""
+    programs = soak_programs()
     notes = chord(voices)
     name = "bench-soak" if synth == "sing" else "bench-soak-fluid"
     with common.jack_server(period, verbose=True) as server:
         # no capture client here: the only other client is the MIDI sender
         kind, sender = sender, (R.RtMidiSender() if sender == "rtmidi" else R.MidiSender())
         try:
-            with _soak_synth(synth, checkpoint, period, notes, name, sender) as proc:
+            with _soak_synth(synth, checkpoint, period, notes, name, sender) as proc, \
+                    renderer_load(checkpoint if load else None, seconds + 15.0):
                 log(f"  soak {synth}: {seconds:.0f} s with {voices} voices")
                 xruns0 = last_value(proc, "xruns") if synth == "sing" else None
                 log_size = server.log_path.stat().st_size
@@ -128,7 +137,7 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
         server_log = server.log_path.read_bytes()[log_size:].decode(errors="replace")
     late = late_clients(server_log)
     causes = late_causes(server_log, name, 1e6 * period / RATE)
-    result = {"synth": "sing-synth" if synth == "sing" else "FluidSynth",
+    result = {"synth": "sing-synth" if synth == "sing" else ("FluidSynth" + LOADED if load else "FluidSynth"),
               "seconds": seconds, "voices": voices, "period": period, "xruns": xruns,
               "synth_late": late.get(name, 0),
               # late in cycles the server began late (the VM's timers) or behind the late
@@ -170,6 +179,45 @@ def _soak_synth(synth, checkpoint, period, notes, name, sender):
             yield proc
 
 
+@contextlib.contextmanager
+def renderer_load(checkpoint, seconds: float, timeout=180.0):
+    """`bench.load` in a process of its own for ``seconds`` (nothing when ``checkpoint`` is None),
+    entered once it has warmed up."""
+    if checkpoint is None:
+        yield None
+        return
+    cmd = [sys.executable, "-u", "-m", "bench.load", "--checkpoint", str(checkpoint),
+           "--seconds", str(seconds)]
+    err = tempfile.TemporaryFile("w+")        # not a pipe: nobody reads it while the load runs
+    proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=subprocess.PIPE, stderr=err,
+                            text=True, start_new_session=True)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")] + [lines.put(None)],
+                     daemon=True).start()
+    try:
+        line = ""
+        while line != "ready":
+            try:
+                line = lines.get(timeout=timeout)
+            except queue.Empty:
+                raise common.BenchError(f"renderer load: no 'ready' in {timeout:g} s") from None
+            if line is None:           # its output ended: it exited
+                proc.wait()
+                err.seek(0)
+                last = (err.read().strip().splitlines() or ["no output"])[-1]
+                raise common.BenchError(f"renderer load exited: {last}")
+            line = line.strip()
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.close()
+
+
 def _hold(proc, sender, notes, programs, seconds) -> tuple:
     """The soak's schedule; returns (voice counts seen in the status, program changes sent)."""
     t0 = time.monotonic()
@@ -177,7 +225,7 @@ def _hold(proc, sender, notes, programs, seconds) -> tuple:
     while time.monotonic() - t0 < seconds:
         now = time.monotonic()
         if now >= next_program:        # keeps the renderer prewarming
-            sender.send(sender.program(programs[k % len(programs)], 5))
+            sender.send(sender.program(programs[k % len(programs)], PROGRAM_CHANNEL))
             k, next_program = k + 1, now + 4.0
         if now >= next_strike:
             strike(sender, notes)
@@ -357,13 +405,15 @@ def cpu_markdown(rows, period=256) -> str:
     return common.table(header, body, ["l"] + ["r"] * 4)
 
 
-def soak_runs(checkpoint, seconds=60.0, runs=3, sender="rtmidi", log=common.log) -> list:
-    """``runs`` soaks of each synth, alternating (sing-synth, FluidSynth, sing-synth, ...) so that
-    a bad spell of the machine falls on both; each in its own process and JACK server."""
+def soak_runs(checkpoint, seconds=60.0, runs=3, sender="rtmidi", load=True, log=common.log) -> list:
+    """``runs`` soaks of each synth, alternating (sing-synth, FluidSynth, FluidSynth with
+    sing-synth's renderer load beside it, sing-synth, ...) so that a bad spell of the machine
+    falls on all; each in its own process and JACK server.  ``load`` False: no loaded FluidSynth."""
     rows = []
+    cases = [("sing", False), ("fluidsynth", False)] + ([("fluidsynth", True)] if load else [])
     for run in range(1, runs + 1):
-        for synth in ("sing", "fluidsynth"):
-            row = common.isolated(soak, checkpoint, seconds, synth=synth, sender=sender)
+        for synth, loaded in cases:
+            row = common.isolated(soak, checkpoint, seconds, synth=synth, sender=sender, load=loaded)
             row["run"] = run
             rows.append(row)
     return rows
@@ -430,6 +480,8 @@ def main(argv=None) -> int:
     p.add_argument("--soak-sender", choices=SENDERS, default="rtmidi",
                    help="the soak's MIDI source: rtmidi (a C++ JACK client, default) or python "
                         "(the latency bench's sender, a Python JACK callback)")
+    p.add_argument("--no-soak-load", action="store_true",
+                   help="no FluidSynth soak with sing-synth's renderer load beside it (bench.load)")
     p.add_argument("--cpu-s", type=float, default=10.0)
     p.add_argument("--checkpoint", default=None)
     args = p.parse_args(argv)
@@ -439,7 +491,8 @@ def main(argv=None) -> int:
     def text():
         ckpt, label = common.bench_checkpoint(args.checkpoint)
         rows = sweep(args.voices, blocks=args.blocks)
-        s = soak_runs(ckpt, args.soak_s, args.soak_runs, sender=args.soak_sender)
+        s = soak_runs(ckpt, args.soak_s, args.soak_runs, sender=args.soak_sender,
+                      load=not args.no_soak_load)
         cpu = common.isolated(cpu_use, ckpt, seconds=args.cpu_s)
         return f"checkpoint: {label}\n\n{sweep_markdown(rows)}\n\n{soak_markdown(s)}\n\n{cpu_markdown(cpu)}"
     return common.print_or_error(text)

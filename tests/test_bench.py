@@ -223,7 +223,15 @@ def test_targets_table_from_results():
     measured = {target: text for target, text, _ in bench_main.targets(results)}
     soak_text = measured["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
     assert "late in 2 run(s): 0, 0 (median 0, worst 0)" in soak_text
-    assert "FluidSynth late 2, 3 (median 2.5, worst 3)" in soak_text
+    assert "FluidSynth late 2, 3 (median 2.5, worst 3) on the same schedule" in soak_text
+    assert "renderer load" not in soak_text
+    # FluidSynth with sing-synth's renderer load beside it: summarised apart, not in the verdict
+    results["mixer"]["soak"].append({"synth": "FluidSynth" + mixer.LOADED, "seconds": 60, "xruns": None,
+                                     "synth_late": 4, "synth_late_own": 1, "others_late": 0})
+    loaded = {t.split(" (")[0]: (m, v) for t, m, v in bench_main.targets(results)}[
+        "mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
+    assert loaded[1] == "met" and "FluidSynth late 2, 3 (median 2.5, worst 3) on the same schedule" in loaded[0]
+    assert "FluidSynth late 4 with sing-synth's renderer load beside it, of its own 1" in loaded[0]
     results["mixer"]["soak"][2].update(synth_late=5, late_states={"Triggered": 4, "Running": 1})
     missed = {t.split(" (")[0]: (text, v) for t, text, v in bench_main.targets(results)}
     text, verdict = missed["mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
@@ -357,3 +365,22 @@ def test_c_output_to_sends_c_writes_to_the_file_and_keeps_python_lines(tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "table\nafter\n" and r.stderr == "progress\nafter\n"
     assert sorted((tmp_path / "c.log").read_text().splitlines()) == ["C err", "C out", "buffered"]
+
+
+def test_renderer_load_renders_on_the_soaks_schedule_and_reports_a_bad_checkpoint(tmp_path, capsys):
+    from bench import common, load, mixer
+    ckpt = common.random_checkpoint(tmp_path / "r.pt")
+    ready = []
+    done = load.run(ckpt, seconds=1.5, program_every=0.5, ready=lambda: ready.append(1))
+    assert ready == [1]
+    assert done["programs"] == 3 and done["rendered"] > 0      # program changes at 0, 0.5, 1.0 s
+    assert len(load.soak_programs()) >= 3 and mixer.ORGAN not in load.soak_programs()
+    assert load.main(["--checkpoint", str(tmp_path / "missing.pt"), "--seconds", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("bench.load: error: checkpoint not found")
+    with pytest.raises(common.BenchError, match="renderer load exited: bench.load: error: checkpoint not found"):
+        with mixer.renderer_load(tmp_path / "missing.pt", 5.0):
+            pass
+    with mixer.renderer_load(ckpt, 30.0) as proc:               # up and warmed up, then stopped
+        assert proc.poll() is None
+    assert proc.poll() is not None
