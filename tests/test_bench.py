@@ -384,3 +384,29 @@ def test_renderer_load_renders_on_the_soaks_schedule_and_reports_a_bad_checkpoin
     with mixer.renderer_load(ckpt, 30.0) as proc:               # up and warmed up, then stopped
         assert proc.poll() is None
     assert proc.poll() is not None
+
+
+def test_soak_schedule_strikes_at_once_then_every_3_s_with_program_changes_every_4_s(monkeypatch):
+    from bench import mixer
+    sent = []
+
+    class Sender:
+        note_on = staticmethod(lambda p, v=100, ch=0: ("on", ch, p))
+        note_off = staticmethod(lambda p, ch=0: ("off", ch, p))
+        program = staticmethod(lambda prog, ch=0: ("program", ch, prog))
+
+        def send(self, *messages):
+            sent.extend((round(clock[0], 1), m) for m in messages)
+
+    clock = [0.0]
+    monkeypatch.setattr(mixer.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(mixer.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(mixer, "last_value", lambda proc, key: 128)
+    seen, programs = mixer._hold(None, Sender(), [(0, 60), (1, 64)], [7, 9], 6.5)
+    ons = sorted({t for t, m in sent if m[0] == "on"})
+    assert len(ons) == 3 and ons[0] == 0.0              # at once, then every 3 s (0.1 s steps)
+    assert all(2.95 < b - a < 3.15 for a, b in zip(ons, ons[1:]))
+    assert len([m for _, m in sent if m[0] == "on"]) == 6 and sent[0][1] == ("program", mixer.PROGRAM_CHANNEL, 7)
+    assert [(t, m) for t, m in sent if m[0] == "program"] == [(0.0, ("program", mixer.PROGRAM_CHANNEL, 7)),
+                                                              (4.0, ("program", mixer.PROGRAM_CHANNEL, 9))]
+    assert programs == 2 and 64 <= len(seen) <= 66 and set(seen) == {128}    # a sample each 0.1 s
