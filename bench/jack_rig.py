@@ -384,17 +384,19 @@ class Synth:
     stdout and stderr lines are collected by threads.
 
     ``ready_line=False``: a program that prints no ``ready:`` line (FluidSynth) is ready when its
-    ports appear.  ``stdin=subprocess.PIPE`` keeps a shell's input open (FluidSynth's shell exits
+    ports appear; ``ports=False``: a program with no JACK ports (`bench.load`) is ready at its
+    ``ready:`` line.  ``stdin=subprocess.PIPE`` keeps a shell's input open (FluidSynth's shell exits
     at end of input).  ``t_start`` (monotonic) is taken just before Popen."""
 
     def __init__(self, args, sender=None, capture=None, command=None,
                  ready_timeout=READY_TIMEOUT, port_timeout=15.0, ready_line=True,
-                 stdin=subprocess.DEVNULL):
+                 stdin=subprocess.DEVNULL, ports=True):
         self.args = [str(a) for a in args]
         self.command = command or [sys.executable, "-u", str(RUN_SYNTH)]
         self.sender, self.capture = sender, capture
         self.ready_timeout, self.port_timeout = ready_timeout, port_timeout
-        self.wait_ready_line = ready_line
+        self.wait_ready_line = ready_line or not ports
+        self.ports = ports
         self.stdin = stdin
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -419,11 +421,15 @@ class Synth:
         stream.close()
 
     def __enter__(self):
-        client = (self.capture or self.sender).client if (self.capture or self.sender) else \
-            jack_client("e2e-ports")
+        if not self.ports:
+            client = None
+        elif self.capture or self.sender:
+            client = (self.capture or self.sender).client
+        else:
+            client = jack_client("e2e-ports")
         own = client if (self.capture or self.sender) else None
         try:
-            before_audio, before_midi = self._ports(client)
+            before_audio, before_midi = self._ports(client) if client is not None else (set(), set())
             self.t_start = time.monotonic()
             self.proc = subprocess.Popen(
                 self.command + self.args, cwd=REPO, stdin=self.stdin,
@@ -446,6 +452,8 @@ class Synth:
                     raise SynthError(f"no 'ready:' line in {self.ready_timeout} s; stderr:\n"
                                      f"{self.stderr_text()}")
             self.ready_s = time.monotonic() - self.t_start
+            if not self.ports:
+                return self
             deadline = time.monotonic() + (self.port_timeout if self.wait_ready_line
                                            else self.ready_timeout)
             while True:

@@ -9,7 +9,7 @@ sing-synth's are not measured on the same machine state.  This runs the same ren
 `play.Instrument` built from run_synth.py's own options, its start-up warm-up and prewarm, the
 program changes on the soak's schedule, finished notes collected by the main loop -- in a
 process of its own with no JACK client and no audio, so FluidSynth can be soaked under it.
-It prints ``ready`` once warmed up and exits after ``--seconds``.
+It prints ``ready:`` once warmed up and exits after ``--seconds`` (or at SIGINT).
 """
 from __future__ import annotations
 
@@ -75,10 +75,12 @@ def main(argv=None) -> int:
         p.error("--seconds and --program-every > 0")
     try:
         done = run(args.checkpoint, args.seconds, args.program_every,
-                   ready=lambda: print("ready", flush=True))
+                   ready=lambda: print("ready: renderer load", flush=True))
     except UserError as exc:
         print(f"bench.load: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 0
     print(f"program changes: {done['programs']}, notes rendered: {done['rendered']}", flush=True)
     return 0
 

@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import queue
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 
 from sing_synth.engine.bench import bench_mixer
@@ -186,36 +183,19 @@ def renderer_load(checkpoint, seconds: float, timeout=180.0):
     if checkpoint is None:
         yield None
         return
-    cmd = [sys.executable, "-u", "-m", "bench.load", "--checkpoint", str(checkpoint),
-           "--seconds", str(seconds)]
-    err = tempfile.TemporaryFile("w+")        # not a pipe: nobody reads it while the load runs
-    proc = subprocess.Popen(cmd, cwd=common.REPO, stdout=subprocess.PIPE, stderr=err,
-                            text=True, start_new_session=True)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(x) for x in iter(proc.stdout.readline, "")] + [lines.put(None)],
-                     daemon=True).start()
+    command = [sys.executable, "-u", "-m", "bench.load"]
+    load = R.Synth(["--checkpoint", checkpoint, "--seconds", seconds], command=command,
+                   ports=False, ready_timeout=timeout)
     try:
-        line = ""
-        while line != "ready":
-            try:
-                line = lines.get(timeout=timeout)
-            except queue.Empty:
-                raise common.BenchError(f"renderer load: no 'ready' in {timeout:g} s") from None
-            if line is None:           # its output ended: it exited
-                proc.wait()
-                err.seek(0)
-                last = (err.read().strip().splitlines() or ["no output"])[-1]
-                raise common.BenchError(f"renderer load exited: {last}")
-            line = line.strip()
-        yield proc
+        load.__enter__()
+    except R.SynthError as exc:
+        exited = "before 'ready:'" in str(exc)       # else no 'ready:' in time
+        why = (load.stderr or ["no output"])[-1] if exited else str(exc).split(";")[0]
+        raise common.BenchError(f"renderer load {'exited: ' if exited else ''}{why}") from None
+    try:
+        yield load.proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        err.close()
+        load.stop()
 
 
 def _hold(proc, sender, notes, programs, seconds) -> tuple:
