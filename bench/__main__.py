@@ -151,7 +151,9 @@ def run_mixer(s, checkpoint) -> dict:
     text = "\n".join([
         f"Callback time, `Mixer.callback` called directly ({s['blocks']} blocks of 256 frames at "
         "48 kHz, every voice sounding; 'mixed': a quarter of the voices pitch-bent, a quarter "
-        "releasing), as a share of the 5.33 ms period:",
+        "releasing), as a share of the 5.33 ms period; called back to back (its CPU cost), then "
+        "one a period with the thread asleep between, as a stream calls it (the caches, and this "
+        "VM's vCPU, go cold between calls):",
         "",
         mixer.sweep_markdown(sweep),
         "",
@@ -251,10 +253,11 @@ def targets(results) -> list:
     if mix:
         at128 = [r for r in mix["sweep"] if r["voices"] == 128]
         worst = max(at128, key=lambda r: r["p99_pct"]) if at128 else None
-        if worst:
+        if worst:      # judged on every way it was called: a stream calls it once a period
             rows.append(("mixer: 128 voices, p99 <= 10% of a 256-frame period",
                          ", ".join(f"{'rate 1' if r['mode'] == 'rate1' else r['mode']} "
-                                   f"{r['p99_pct']:.1f}%" for r in at128),
+                                   f"{r['p99_pct']:.1f}%{' (one a period)' if r.get('paced') else ''}"
+                                   for r in at128),
                          _verdict(worst["p99_pct"] <= 10.0)))
         soaks = [r for r in mix["soak"] if r["synth"] == "sing-synth"]
         rows.append(_soak_target(soaks, mix["soak"]))

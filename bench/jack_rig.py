@@ -378,6 +378,11 @@ class SynthError(RuntimeError):
 _TOKEN = re.compile(r"\b([a-z_]+)=(-?\d+(?:\.\d+)?)")
 
 
+def status_tokens(line: str) -> list:
+    """``[(key, number)]`` of a status line's ``key=N`` tokens (int, or float with a point)."""
+    return [(k, float(v) if "." in v else int(v)) for k, v in _TOKEN.findall(line)]
+
+
 class Synth:
     """Start the synth (``run_synth.py`` or ``command``), wait for its ``ready:`` line, find its
     JACK ports (those that appear after it starts) and connect the sender and the capture.
@@ -524,13 +529,8 @@ class Synth:
         return [line for line in list(self.stderr) if "voices=" in line]
 
     def status_values(self, key):
-        """Every integer value of token ``key=N`` in the stderr status lines so far."""
-        out = []
-        for line in self.status_lines():
-            for k, v in _TOKEN.findall(line):
-                if k == key:
-                    out.append(float(v) if "." in v else int(v))
-        return out
+        """Every value of token ``key=N`` in the stderr status lines so far."""
+        return [v for line in self.status_lines() for k, v in status_tokens(line) if k == key]
 
 
 def run_synth_once(args, timeout=60.0, command=None):

@@ -2,9 +2,11 @@
 
     python -m bench.mixer [--voices 1 8 32 64 128 256] [--soak-s 60] [--cpu-s 10]
 
-- sweep: `Mixer.callback` called directly, block after block (`sing_synth.engine.bench`), every
-  voice sounding; p50/p99 wall time as a share of the 256-frame period at 48 kHz ('mixed': a
-  quarter of the voices bent, a quarter releasing; 'rate 1': plain copies).
+- sweep: `Mixer.callback` called directly (`sing_synth.engine.bench`), every voice sounding;
+  p50/p99 wall time as a share of the 256-frame period at 48 kHz ('mixed': a quarter of the
+  voices bent, a quarter releasing; 'rate 1': plain copies); block after block (the callback's
+  CPU cost), then one block a period with the thread asleep between, as a stream calls it (its
+  caches and the vCPU go cold between calls: about twice the time here).
 - soak: sing-synth (``--audio-api jack``) on a jackd dummy server, 128 voices held (re-struck
   every 3 s: SING notes last 4 s) for ``--soak-s`` seconds while its renderer prewarms in the
   background (a program change every 4 s on another channel queues a preset's notes); xruns
@@ -36,26 +38,34 @@ ORGAN = 16
 
 # ------------------------------------------------------------------------------------ sweep
 def sweep(voices=(1, 8, 16, 32, 64, 128, 256), modes=("rate1", "mixed"), frames=256, blocks=2000,
-          log=common.log) -> list:
+          paced=(False, True), log=common.log) -> list:
+    """Callback time per voice count and mode, called back to back (its CPU cost) and, with
+    ``paced``, one call a period with the thread asleep between (as a stream calls it)."""
     rows = []
-    for mode in modes:
-        for n in voices:
-            r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks)
-            r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
-            r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
-            rows.append(r)
-            log(f"  mixer {mode} {n} voices: p99 {r['p99_pct']:.1f}% of the period")
+    for how in paced:
+        for mode in modes:
+            for n in voices:
+                r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks, paced=how)
+                r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
+                r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
+                rows.append(r)
+                log(f"  mixer {mode} {n} voices{', paced' if how else ''}: "
+                    f"p99 {r['p99_pct']:.1f}% of the period")
     return rows
 
 
+def calls(row) -> str:
+    return "one a period" if row.get("paced") else "back to back"
+
+
 def sweep_markdown(rows) -> str:
-    header = ("voices", "mode", "period", "p50 us", "p99 us", "max us", "p50 % of period",
+    header = ("voices", "mode", "calls", "period", "p50 us", "p99 us", "max us", "p50 % of period",
               "p99 % of period", "CPU p99 us")
-    body = [(r["voices"], "rate 1" if r["mode"] == "rate1" else r["mode"], r["frames"],
+    body = [(r["voices"], "rate 1" if r["mode"] == "rate1" else r["mode"], calls(r), r["frames"],
              common.fmt(r["wall_p50_us"]), common.fmt(r["wall_p99_us"]), common.fmt(r["wall_max_us"]),
              common.fmt(r["p50_pct"]), common.fmt(r["p99_pct"]), common.fmt(r["cpu_p99_us"]))
             for r in rows]
-    return common.table(header, body, ["r", "l"] + ["r"] * 7)
+    return common.table(header, body, ["r", "l", "l"] + ["r"] * 7)
 
 
 # ------------------------------------------------------------------------------------ held notes
@@ -122,12 +132,14 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
                 xruns0 = last_value(proc, "xruns") if synth == "sing" else None
                 log_size = server.log_path.stat().st_size
                 sched0, steal0 = rt_schedstat(proc.proc.pid), cpu_steal()
+                lines0 = len(proc.status_lines())
                 voices_seen, queued = _hold(proc, sender, notes, programs, seconds)
                 sched, steal = _delta(rt_schedstat(proc.proc.pid), sched0), cpu_steal() - steal0
                 finish = getattr(sender, "finish_max", None), getattr(sender, "finish_late", None)
                 time.sleep(0.6)                   # the last status line
                 xruns = None if xruns0 is None else (last_value(proc, "xruns") or 0) - xruns0
                 lines = proc.status_lines()
+                dsp = [v for line in lines[lines0:] for k, v in R.status_tokens(line) if k == "dsp"]
                 sender.send(*[sender.note_off(p, ch) for ch, p in notes])
         finally:
             sender.close()
@@ -148,6 +160,10 @@ def soak(checkpoint, seconds=60.0, voices=128, period=256, synth="sing", sender=
               "sender_finish_pct": None if finish[0] is None else 100.0 * finish[0] / period,
               "sender_late_finishes": finish[1],
               "rt_threads": sched[2], "rt_wait_ms": sched[0] / 1e6, "rt_slices": sched[1],
+              # sing-synth's status lines: the latest its callback returned in a cycle, % of
+              # the period, each line's worst (a thread woken after its whole cycle is not seen)
+              "dsp_max": max(dsp) if dsp else None,
+              "dsp_median": statistics.median(dsp) if dsp else None,
               "last_status": lines[-1] if lines else ""}
     log(f"  soak {synth}: late {result['synth_late']} cycles ({causes['short']} in cycles the "
         f"server began late, {causes['behind']} behind the late sender), xruns {xruns}")
@@ -437,15 +453,22 @@ def soak_markdown(rows) -> str:
               "of them not started behind the late MIDI sender",
               "their state", "cycles the MIDI sender was late",
               "sender's latest return, % of the period (cycles past 50%)",
+              "synth's callback returned by, % of the period: latest (median status line)",
               "steal ms (hypervisor)", "RT threads' run-queue wait ms", "program changes meanwhile")
     body = [(r["synth"], r.get("run", 1), r.get("sender", "python"), common.fmt(r["seconds"]), r["voices"],
              "-" if r["voices_min"] is None else f"{r['voices_min']}..{r['voices_max']}",
              "-" if r["xruns"] is None else r["xruns"], r["synth_late"], _short(r), r.get("synth_late_behind", 0),
              _states(r.get("late_states", {})),
-             r["others_late"], _finish(r), common.fmt(r.get("steal_ms", 0.0)),
+             r["others_late"], _finish(r), _dsp(r), common.fmt(r.get("steal_ms", 0.0)),
              f"{common.fmt(r.get('rt_wait_ms', 0.0))} ({r.get('rt_threads', 0)} threads)",
              r["presets_queued"]) for r in rows]
-    return common.table(header, body, ["l", "r", "l"] + ["r"] * 7 + ["l"] + ["r"] * 5)
+    return common.table(header, body, ["l", "r", "l"] + ["r"] * 7 + ["l"] + ["r"] * 6)
+
+
+def _dsp(row) -> str:
+    if row.get("dsp_max") is None:
+        return "-"
+    return f"{common.fmt(row['dsp_max'])} ({common.fmt(row['dsp_median'])})"
 
 
 def _finish(row) -> str:

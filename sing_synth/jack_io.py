@@ -25,6 +25,7 @@ from collections import deque
 
 import numpy as np
 
+from .engine.mixer import CallbackTimes
 from .errors import UserError, import_or_error
 from .midi import find_port
 
@@ -50,6 +51,10 @@ class JackIO:
 
     The client opens at once (``rate`` and ``blocksize`` are the server's); `start` gives it
     the MIDI handler and the mixer and activates it.
+
+    ``times`` (`engine.mixer.CallbackTimes`): for each cycle, how far into it the process
+    callback returned (seconds from the cycle's start: the wait for its thread to run and for
+    the GIL, the MIDI and the mix), what a deadline of one period is measured against.
     """
 
     def __init__(self, name="SING Synth", port=None, connect_outputs=True, max_events=MAX_EVENTS,
@@ -78,6 +83,7 @@ class JackIO:
         self.client.set_shutdown_callback(self._shutdown)
         self.connect_outputs = connect_outputs
         self.source = None
+        self.times = CallbackTimes()
 
     @property
     def port_name(self) -> str:
@@ -119,6 +125,7 @@ class JackIO:
         self.mixer.callback(out, frames, None, None)
         self.outs[0].get_array()[:] = out[:, 0]
         self.outs[1].get_array()[:] = out[:, 1]
+        self.times.add(time.perf_counter() - start)
 
     def start(self, handle, mixer) -> "JackIO":
         """``handle``: ``f(message bytes)``, called in the process callback for each MIDI message

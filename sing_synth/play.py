@@ -216,6 +216,16 @@ class Instrument:
         self.controller = Controller(self.mixer, self.probe, presets, preset, self.rate)
         self.channel = None if args.channel is None else args.channel - 1
         self.output_latency = 0.0
+        # the status line's dsp=: the audio side's longest callback since the last line, as a
+        # share of the period (`set_audio_times`)
+        self.set_audio_times(self.mixer.times, int(blocksize or args.blocksize))
+
+    def set_audio_times(self, times, blocksize: int) -> None:
+        """The `engine.mixer.CallbackTimes` the status line's ``dsp=`` reads (the mixer's own by
+        default; with JACK, how far into each cycle its process callback returned), per
+        ``blocksize``-frame period."""
+        self.audio_times, self.period_s = times, int(blocksize) / self.rate
+        self._dsp_from = times.count
 
     def warm_up(self, timeout: float = 10.0) -> None:
         """Before the audio starts: renders the default preset's middle note through the path a key
@@ -259,8 +269,16 @@ class Instrument:
         latency = "-" if last is None else f"{last + 1000.0 * self.output_latency:.1f}ms"
         return (f"voices={m.active_voices} cache={r['cache_mb']:.0f}/{r['cache_limit_mb']:.0f}MB "
                 f"notes={r['cached_notes']} prewarm={r.get('prewarm_done', 0)}/{r.get('prewarm_total', 0)} "
-                f"xruns={m.xruns} latency={latency} "
+                f"xruns={m.xruns} dsp={self.dsp()} latency={latency} "
                 f"midi={c['messages']} malformed={c['malformed']}")
+
+    def dsp(self) -> str:
+        """The longest audio callback since the last call, as a share of the period ('-': none)."""
+        times = self.audio_times
+        count = times.count
+        worst = times.since(self._dsp_from)
+        self._dsp_from = count
+        return f"{100.0 * worst.max() / self.period_s:.0f}%" if len(worst) else "-"
 
     def close(self) -> None:
         self.controller.close()
@@ -606,6 +624,7 @@ def run_live_jack(args, presets, preset, checkpoint) -> int:
         inst = Instrument(args, io.rate, presets, preset, checkpoint, blocksize=io.blocksize)
         inst.controller.collect_on_handle = False       # handle() runs on the audio thread
         inst.output_latency = io.blocksize / io.rate
+        inst.set_audio_times(io.times, io.blocksize)
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         inst.warm_up()
         if not args.no_prewarm:

@@ -346,6 +346,9 @@ def test_128_voices_no_clipping_and_status(fresh):
     assert peak <= 1.0, f"clipped: peak {peak}"
     assert voices and max(map(float, voices)) >= 128, voices
     assert xruns, f"no xruns= token in the status lines: {lines[-3:]}"
+    # how far into its cycle the process callback returned, the longest since the last line
+    dsp = [v for line in lines for k, v in H._TOKEN.findall(line) if k == "dsp"]
+    assert dsp and all(0 < float(v) < 1000 for v in dsp), lines[-3:]
 
 
 # ---------------------------------------------------------------------------------------------

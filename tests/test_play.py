@@ -1,5 +1,6 @@
 """sing_synth.play: offline rendering (test tone and a tiny SING), the one-line errors, and the
 live path with a fake audio module and a fake MIDI backend."""
+import re
 import threading
 import time
 
@@ -272,8 +273,28 @@ def test_live_ready_line_status_and_notes(fake_live, capsys):
     status = [line for line in err.splitlines() if line.startswith("voices=")]
     assert len(status) >= 3
     assert all("xruns=0" in line for line in status)
+    dsp = [re.search(r" dsp=(\d+%|-) ", line) for line in status]
+    assert all(dsp) and any(m.group(1) != "-" for m in dsp), status
     assert any("voices=1 " in line for line in status), err
     assert "midi=2 " in status[-1]          # the note and the sysex; channel 2 filtered out
+
+
+def test_status_dsp_is_the_longest_callback_since_the_last_line():
+    from sing_synth.engine.mixer import CallbackTimes
+    args = play.build_parser().parse_args(["--test-tone"])
+    presets = load_presets()
+    inst = play.Instrument(args, 48000, presets, presets["piano"])
+    try:
+        assert inst.audio_times is inst.mixer.times and inst.dsp() == "-"
+        times = CallbackTimes(size=8)
+        inst.set_audio_times(times, 256)             # a 5.33 ms period
+        times.add(0.001)
+        times.add(0.004)
+        assert inst.dsp() == "75%" and inst.dsp() == "-"
+        times.add(0.002)
+        assert " dsp=38% " in inst.status_line() and " dsp=- " in inst.status_line()
+    finally:
+        inst.close()
 
 
 def test_live_unknown_port_lists_the_ports(fake_live, capsys):

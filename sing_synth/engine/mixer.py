@@ -43,6 +43,43 @@ _FAR = np.float32(1e30)     # "release never ends" for rows that are not releasi
 _EXP_DEPTH = math.log(1000.0)   # exponential release: -60 dB shape, reaches 0 at its end
 
 
+class CallbackTimes:
+    """The last ``size`` durations of a real-time callback, in seconds.
+
+    The audio thread calls `add` (a store into a preallocated array, no lock); any other thread
+    reads.  A read racing a write sees that one value old or new, nothing worse.
+    """
+
+    def __init__(self, size: int = 8192):
+        self._t = np.zeros(max(1, int(size)), np.float64)
+        self.count = 0               # values added since the start (or `clear`)
+
+    def add(self, seconds: float) -> None:
+        self._t[self.count % len(self._t)] = seconds
+        self.count += 1
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def since(self, count: int) -> np.ndarray:
+        """A copy of the values added after the ``count``-th (the last ``size`` at most)."""
+        n = min(self.count - int(count), self.count, len(self._t))
+        if n <= 0:
+            return self._t[:0].copy()
+        end = self.count % len(self._t)
+        if n <= end:
+            return self._t[end - n:end].copy()
+        return np.concatenate([self._t[len(self._t) - (n - end):], self._t[:end]])
+
+    def summary(self) -> dict:
+        """p50, p99 and max of the values kept, in microseconds."""
+        t = self.since(0) * 1e6
+        if not len(t):
+            return {"n": 0, "p50_us": None, "p99_us": None, "max_us": None}
+        return {"n": len(t), "p50_us": float(np.percentile(t, 50)),
+                "p99_us": float(np.percentile(t, 99)), "max_us": float(t.max())}
+
+
 # ---------------------------------------------------------------------------------------- events
 class NoteOn(NamedTuple):
     """Start a voice.  ``note``: float32 mono at the stream rate (read-only, shared); ``gain``:
@@ -228,8 +265,7 @@ class Mixer:
         self.steals = 0
         self.limited_blocks = 0
         self._last_error = None      # the exception itself: formatted off the audio thread
-        self._times = np.zeros(int(timing_history), np.float64)
-        self._n_times = 0
+        self.times = CallbackTimes(timing_history)   # each callback's wall time
 
     # ------------------------------------------------------------------ control side
     def post(self, event) -> None:
@@ -250,15 +286,10 @@ class Mixer:
 
     def timing(self) -> dict:
         """Callback durations over the last ``timing_history`` callbacks, in microseconds."""
-        n = min(self._n_times, len(self._times))
-        if n == 0:
-            return {"n": 0, "p50_us": None, "p99_us": None, "max_us": None}
-        t = self._times[:n].copy() * 1e6
-        return {"n": n, "p50_us": float(np.percentile(t, 50)), "p99_us": float(np.percentile(t, 99)),
-                "max_us": float(t.max())}
+        return self.times.summary()
 
     def reset_timing(self) -> None:
-        self._n_times = 0
+        self.times.clear()
 
     def stats(self) -> dict:
         err = self._last_error
@@ -311,9 +342,7 @@ class Mixer:
                 except Exception:
                     pass
         finally:
-            i = self._n_times % len(self._times)
-            self._times[i] = _time.perf_counter() - t0
-            self._n_times += 1
+            self.times.add(_time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ events (audio thread)
     def _drain(self, deadline: float) -> None:
