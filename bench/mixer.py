@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-from sing_synth.engine.bench import bench_mixer
+from sing_synth.engine.bench import bench_copy, bench_mixer
 
 from . import common
 from . import jack_rig as R
@@ -43,25 +43,37 @@ def sweep(voices=(1, 8, 16, 32, 64, 128, 256), modes=("rate1", "mixed"), frames=
     ``paced``, one call a period with the thread asleep between (as a stream calls it)."""
     rows = []
     for how in paced:
-        for mode in modes:
-            for n in voices:
+        runs = [(n, mode) for mode in modes for n in voices] + [(None, "copy")]
+        for n, mode in runs:
+            if n is None:        # the reference: a plain copy, to show what cold caches cost
+                r = bench_copy(COPY_KIB, frames=frames, rate=RATE, blocks=blocks, paced=how)
+            else:
                 r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks, paced=how)
-                r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
-                r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
-                rows.append(r)
-                log(f"  mixer {mode} {n} voices{', paced' if how else ''}: "
-                    f"p99 {r['p99_pct']:.1f}% of the period")
+            r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
+            r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
+            rows.append(r)
+            log(f"  mixer {_mode(r)}{f', {n} voices' if n else ''}{', one a period' if how else ''}: "
+                f"p99 {r['p99_pct']:.1f}% of the period")
     return rows
+
+
+COPY_KIB = 128       # about what 128 voices read from their notes in a 256-frame block
 
 
 def calls(row) -> str:
     return "one a period" if row.get("paced") else "back to back"
 
 
+def _mode(row) -> str:
+    if row["mode"].startswith("copy"):
+        return f"reference: a {row['mode'][4:]} KiB np.copyto"
+    return "rate 1" if row["mode"] == "rate1" else row["mode"]
+
+
 def sweep_markdown(rows) -> str:
     header = ("voices", "mode", "calls", "period", "p50 us", "p99 us", "max us", "p50 % of period",
               "p99 % of period", "CPU p99 us")
-    body = [(r["voices"], "rate 1" if r["mode"] == "rate1" else r["mode"], calls(r), r["frames"],
+    body = [("-" if r["voices"] is None else r["voices"], _mode(r), calls(r), r["frames"],
              common.fmt(r["wall_p50_us"]), common.fmt(r["wall_p99_us"]), common.fmt(r["wall_max_us"]),
              common.fmt(r["p50_pct"]), common.fmt(r["p99_pct"]), common.fmt(r["cpu_p99_us"]))
             for r in rows]

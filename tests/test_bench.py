@@ -160,12 +160,15 @@ def test_mixer_sweep_rows_and_late_clients():
     took = time.perf_counter() - t0
     assert [(r["voices"], r["mode"], r["paced"]) for r in rows] == [
         (1, "rate1", False), (4, "rate1", False), (1, "mixed", False), (4, "mixed", False),
-        (1, "rate1", True), (4, "rate1", True), (1, "mixed", True), (4, "mixed", True)]
+        (None, "copy128", False),
+        (1, "rate1", True), (4, "rate1", True), (1, "mixed", True), (4, "mixed", True),
+        (None, "copy128", True)]
     assert all(r["p99_pct"] > 0 for r in rows)
-    assert took >= 4 * 20 * 256 / 48000          # the paced rows take a period a call
+    assert took >= 5 * 20 * 256 / 48000          # the paced rows take a period a call
     table = mixer.sweep_markdown(rows).splitlines()
     assert len(table) == 2 + len(rows)
-    assert "| 4 | mixed | back to back | 256 |" in table[5] and "| one a period |" in table[-1]
+    assert "| 4 | mixed | back to back | 256 |" in table[5]
+    assert "| - | reference: a 128 KiB np.copyto | one a period |" in table[-1]
     log = ("JackEngine::XRun: client = bench-soak was not finished, state = Running\n"
            "Jack: Process: graph not finished!\n"
            "Jack: Process: waiting to switch delta = 1290\n"
@@ -230,6 +233,10 @@ def test_targets_table_from_results():
     measured = {target: text for target, text, _ in bench_main.targets(results)}
     assert measured["mixer: 128 voices, p99 <= 10% of a 256-frame period"] == \
         "mixed 7.0%, rate 1 9.5% (one a period)"
+    results["mixer"]["sweep"].append({"voices": None, "mode": "copy128", "p99_pct": 1.5, "paced": True})
+    measured = {target: text for target, text, _ in bench_main.targets(results)}
+    assert measured["mixer: 128 voices, p99 <= 10% of a 256-frame period"].endswith(
+        "; reference, a 128 KiB copy: 1.5% one a period")
     results["mixer"]["sweep"][1]["p99_pct"] = 12.0       # judged on the paced row too
     paced = {t: v for t, _, v in bench_main.targets(results)}
     assert "missed" in paced["mixer: 128 voices, p99 <= 10% of a 256-frame period"]

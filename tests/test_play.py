@@ -375,6 +375,7 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     with the ones after it, for the next cycle; the audio is mixed either way."""
     from collections import deque
     from types import SimpleNamespace
+    from sing_synth.engine.mixer import CallbackTimes
     from sing_synth.jack_io import JackIO
     io = JackIO.__new__(JackIO)      # no JACK server: the callback alone, with fake ports
     events = [(0, b"\x90\x3c\x64"), (0, b"\x90\x40\x64")]
@@ -384,6 +385,7 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     io.out = np.zeros((64, 2), np.float32)
     io.pending, io.dropped, io.max_events, io.midi_budget = deque(), 0, 64, 1.0
     io.client, io.rate = SimpleNamespace(frames_since_cycle_start=0), 48000
+    io.times = CallbackTimes()
     busy, handled, mixed = [True], [], []
     io.handle = lambda m: False if busy[0] else handled.append(m)
     io.mixer = SimpleNamespace(callback=lambda out, frames, t, s: mixed.append(frames))
@@ -392,6 +394,7 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     busy[0], events[:] = False, []
     io._process(64)
     assert handled == [b"\x90\x3c\x64", b"\x90\x40\x64"] and not io.pending and io.dropped == 0
+    assert io.times.count == 2 and all(0 <= t < 1 for t in io.times.since(0))
 
 
 def test_jack_callback_handles_midi_only_in_its_budget():
@@ -399,6 +402,7 @@ def test_jack_callback_handles_midi_only_in_its_budget():
     messages wait for the next cycle; one is handled per cycle at least; none is lost."""
     from collections import deque
     from types import SimpleNamespace
+    from sing_synth.engine.mixer import CallbackTimes
     from sing_synth.jack_io import JackIO
     io = JackIO.__new__(JackIO)
     events = [(0, bytes([0x90, 40 + i, 100])) for i in range(5)]
@@ -408,6 +412,7 @@ def test_jack_callback_handles_midi_only_in_its_budget():
     io.out = np.zeros((64, 2), np.float32)
     io.pending, io.dropped, io.max_events, io.midi_budget = deque(), 0, 64, 0.5
     io.client, io.rate = SimpleNamespace(frames_since_cycle_start=48), 48000   # 75% gone
+    io.times = CallbackTimes()
     handled, mixed = [], []
     io.handle = handled.append
     io.mixer = SimpleNamespace(callback=lambda out, frames, t, s: mixed.append(frames))

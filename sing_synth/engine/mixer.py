@@ -244,9 +244,17 @@ class Mixer:
         self._ipos = np.zeros(S, np.int64)
         self._inv = np.zeros(S, np.int64)
         self._releasing = False
+        self._r0 = self._r1 = 0      # rows r0 .. r1: the releasing (and fading) voices
+        self._k_len = np.zeros(S, np.float64)
+        # the steady state (`_calm_block`): blocks since the voice table last changed
+        self.fast_path = True        # False: every block takes the full path (tests compare)
+        self._changed = True         # an event applied, a voice freed, a failed block
+        self._calm = 0
+        self._last_n = 0
+        self._kd = self._kb = 0      # the last full block's rows: rate-1, then varispeed
         self._g32 = np.zeros(B, np.float32)
-        self._k1 = np.zeros(B, np.float32)
-        self._k2 = np.zeros(B, np.float32)
+        self._k1 = np.zeros(2 * B, np.float32)     # the soft knee's scratch, [2, n]
+        self._k2 = np.zeros(2 * B, np.float32)
         self._m1 = np.zeros(S, np.bool_)
         self._m2 = np.zeros(S, np.bool_)
         self._m3 = np.zeros(S, np.bool_)
@@ -333,6 +341,7 @@ class Mixer:
                 offset += n
         except Exception as exc:
             self.errors += 1
+            self._changed = True                           # the table may be half updated
             self._last_error = exc.with_traceback(None)   # no frames kept alive
             try:
                 outdata.fill(0)
@@ -348,6 +357,8 @@ class Mixer:
     def _drain(self, deadline: float) -> None:
         """Applies queued events until ``deadline`` (perf_counter seconds; one at least)."""
         events = self.events
+        if not events:               # most blocks: no exception raised and caught to learn it
+            return
         clock = _time.perf_counter
         for k in range(self.max_events):
             if k and clock() > deadline:
@@ -356,6 +367,7 @@ class Mixer:
                 event = events.popleft()
             except IndexError:
                 return
+            self._changed = True
             try:
                 self._apply(event)
             except Exception as exc:
@@ -533,6 +545,7 @@ class Mixer:
 
     def _free(self, i: int) -> None:
         """Marks a slot free; its note goes to `reclaimed`, never freed here."""
+        self._changed = True
         self.v_state[i] = FREE
         self.v_sustained[i] = False
         note = self.v_note[i]
@@ -544,18 +557,23 @@ class Mixer:
     # ------------------------------------------------------------------ mixing (audio thread)
     def _block(self, outdata, offset: int, n: int) -> None:
         ramp = self._ramp[:n]
-        np.multiply(self._idx1[:n], np.float32(1.0 / n), out=ramp)   # (i + 1) / n: reaches 1
         self._Vn = self._V[:self.n_slots * n].reshape(self.n_slots, n)
-        if n != self._one_i_n:       # [1; i] rows for this block size (once per size)
+        if n != self._one_i_n:       # [1; i] rows and the ramp for this block size (once per size)
             for flat in (self._one_i32, self._one_i64):
                 rows = flat[:2 * n].reshape(2, n)
                 rows[0] = 1.0
                 rows[1] = np.arange(n)
+            np.multiply(self._idx1[:n], np.float32(1.0 / n), out=ramp)   # (i + 1) / n: reaches 1
             self._one_i_n = n
-        kd, kb = self._select(n)
+        calm = self._calm_block(n)
+        if calm:
+            kd, kb = self._kd, self._kb
+        else:
+            kd, kb = self._kd, self._kb = self._select(n)
+            if kd + kb:
+                self._gather(kd + kb, n)
         k = kd + kb
         if k:
-            self._gather(k, n)
             self._copy_direct(kd, n)
             if kb:
                 self._varispeed(kd, kb, n)
@@ -564,18 +582,21 @@ class Mixer:
             self.active_voices = 0
         self.sounding_voices = k
 
-        M = self._M[:4 * n].reshape(4, n)
+        M = self._M[:4 * n].reshape(4, n)     # left, right, then their gain ramps
+        LR = M[:2]
         if k == 0:
-            M.fill(0)
+            LR.fill(0)
         else:
             V = self._Vn[:k]
-            if self._releasing:
-                E = self._E[:k * n].reshape(k, n)
-                ab = self._ab32[:k]          # (left - i) / length = left / length - i / length
-                np.divide(self._rel_left_k[:k], self._rel_len_k[:k], out=ab[:, 0])
-                np.divide(-1.0, self._rel_len_k[:k], out=ab[:, 1])
+            if self._releasing:              # their rows only: the others' envelope is 1
+                r0, r1 = self._r0, self._r1
+                E = self._E[:(r1 - r0) * n].reshape(r1 - r0, n)
+                ab = self._ab32[:r1 - r0]    # (left - i) / length = left / length - i / length
+                np.divide(self._rel_left_k[r0:r1], self._rel_len_k[r0:r1], out=ab[:, 0])
+                np.divide(-1.0, self._rel_len_k[r0:r1], out=ab[:, 1])
                 np.dot(ab, self._one_i32[:2 * n].reshape(2, n), out=E)
-                np.clip(E, 0.0, 1.0, out=E)
+                np.maximum(E, 0.0, out=E)    # np.clip keeps a small object per new shape
+                np.minimum(E, 1.0, out=E)
                 if self.release_curve == "exp":
                     np.subtract(E, 1.0, out=E)
                     np.multiply(E, _EXP_DEPTH, out=E)
@@ -584,20 +605,54 @@ class Mixer:
                     np.subtract(E, floor, out=E)
                     np.multiply(E, 1.0 / (1.0 - floor), out=E)
                     np.maximum(E, 0.0, out=E)
-                np.multiply(V, E, out=V)
-            np.dot(self._coef[:, :k], V, out=M)
-        left, dleft, right, dright = M[0], M[1], M[2], M[3]
-        np.multiply(dleft, ramp, out=dleft)
-        np.add(left, dleft, out=left)
-        np.multiply(dright, ramp, out=dright)
-        np.add(right, dright, out=right)
-        self._limit(left, right, ramp, n)
-        self._write(outdata, offset, n, left, right)
+                np.multiply(V[r0:r1], E, out=V[r0:r1])
+            if calm:                  # the gains sit at their targets: no ramps
+                np.dot(self._coef[:2, :k], V, out=LR)
+            else:
+                np.dot(self._coef[:, :k], V, out=M)
+                np.multiply(M[2:], ramp, out=M[2:])
+                np.add(LR, M[2:], out=LR)
+        self._limit(LR, ramp, n)
+        self._write(outdata, offset, n, LR)
 
     # The voices of a block are handled as whole-table numpy passes (`_select`, `_gather`,
     # `_advance`): only the sample copies (`_copy_direct`, `_varispeed`) loop over voices,
     # because every voice reads its own note array.  Rows of V: the rate-1 voices first
     # (``kd``, plain slice copies), then the varispeed ones (``kb``, interpolated).
+
+    def _calm_block(self, n: int) -> bool:
+        """True when this block can reuse the last one's rows (`_select`, `_gather`) and has
+        only refreshed what moves by itself: samples left, and the releases' progress.
+
+        The voice table changes only through events, frees and failed blocks (``_changed``);
+        without one, the rows, their classes and gains stay what the last block found, and a
+        block after an unchanged one has its gain ramps already at their targets.  So from the
+        second unchanged block of a size on, the ~70 whole-table numpy calls of `_select` and
+        `_gather` (validation, gains, gathers) are skipped: in a stream, where each call finds
+        its caches cold, they were half the callback.  A voice whose note has no sample left
+        goes back to the full path (which frees it)."""
+        calm = not self._changed and n == self._last_n
+        self._calm = self._calm + 1 if calm else 0
+        self._changed, self._last_n = False, n
+        k = self._kd + self._kb if self._calm >= 2 and self.fast_path else 0
+        if not k:
+            return False
+        # samples left this block: as `_select` computes them, for the rows only
+        f, nv = self._g64[:k], self._k_nv[:k]
+        np.subtract(self._k_len[:k], 1.0, out=f)
+        np.subtract(f, self._k_pos[:k], out=f)
+        np.divide(f, self._k_rate[:k], out=f)
+        np.floor(f, out=f)
+        np.add(f, 1.0, out=f)
+        np.minimum(f, n, out=nv)
+        if nv.min() <= 0.0:
+            return False
+        if self._releasing:          # as `_gather` reads them
+            r0, r1 = self._r0, self._r1
+            g = self._g64b[:r1 - r0]
+            self.v_rel_left.take(self._ix[r0:r1], out=g)
+            np.copyto(self._rel_left_k[r0:r1], g, casting="same_kind")
+        return True
 
     def _select(self, n: int) -> tuple:
         """Fills ``_ix`` with the slots to mix this block, rate-1 voices first; kills voices in a
@@ -656,9 +711,16 @@ class Mixer:
         np.logical_not(m, out=ok)
         np.logical_and(ok, live, out=ok)            # the varispeed voices
         kd, kb = int(np.count_nonzero(m)), int(np.count_nonzero(ok))
-        ix = self._ix
-        ix[:kd] = np.flatnonzero(m)
-        ix[kd:kd + kb] = np.flatnonzero(ok)
+        # rows: [rate 1 active | rate 1 releasing | varispeed releasing | varispeed active], so
+        # that the releasing (and fading) rows, whose envelopes are computed, are r0 .. r1
+        ix, act, bounds = self._ix, live, [0]
+        for kind, cmp in ((m, np.equal), (m, np.not_equal), (ok, np.not_equal), (ok, np.equal)):
+            cmp(st, ACTIVE, out=act)
+            np.logical_and(act, kind, out=act)
+            rows = np.flatnonzero(act)
+            ix[bounds[-1]:bounds[-1] + len(rows)] = rows
+            bounds.append(bounds[-1] + len(rows))
+        self._r0, self._r1 = bounds[1], bounds[3]
         return kd, kb
 
     def _gather(self, k: int, n: int) -> None:
@@ -666,21 +728,22 @@ class Mixer:
         release envelope parameters, read positions and sample counts."""
         ix = self._ix[:k]
         coef, g = self._coef, self._g64[:k]
-        for row, cur, target in ((0, self.v_cur_l, self._tl), (2, self.v_cur_r, self._tr)):
+        for row, cur, target in ((0, self.v_cur_l, self._tl), (1, self.v_cur_r, self._tr)):
             cur.take(ix, out=g)
             np.copyto(coef[row, :k], g, casting="same_kind")
             target.take(ix, out=self._g64b[:k])
             np.subtract(self._g64b[:k], g, out=g)
-            np.copyto(coef[row + 1, :k], g, casting="same_kind")
+            np.copyto(coef[row + 2, :k], g, casting="same_kind")
             np.put(cur, ix, self._g64b[:k])          # the target is reached at the block's end
         self.v_pos.take(ix, out=self._k_pos[:k])
+        self.v_len.take(ix, out=self._k_len[:k])
         self.v_rate.take(ix, out=self._k_rate[:k])
         self._nv.take(ix, out=self._k_nv[:k])
         # release: rows of active voices get a release that never ends (envelope 1)
         active = self._k_active[:k]
         self.v_state.take(ix, out=self._k_state[:k])
         np.equal(self._k_state[:k], ACTIVE, out=active)
-        self._releasing = not active.all()
+        self._releasing = self._r1 > self._r0
         self.v_rel_left.take(ix, out=g)
         np.copyto(self._rel_left_k[:k], g, casting="same_kind")
         np.copyto(self._rel_left_k[:k], _FAR, where=active)
@@ -710,20 +773,21 @@ class Mixer:
         """After the copies: positions and releases move on one block; voices that reached
         their note's end or their release's end are freed (their rows are still mixed)."""
         ix = self._ix[:k]
-        f, g = self._g64[:k], self._g64b[:k]
+        f = self._g64[:k]
         np.multiply(self._k_rate[:k], float(n), out=f)
         np.add(f, self._k_pos[:k], out=f)
         np.put(self.v_pos, ix, f)
-        # released and fading voices' releases move on n samples; active ones keep theirs
-        active, ended, m = self._k_active[:k], self._k_ended[:k], self._k_m[:k]
-        self.v_rel_left.take(ix, out=f)
-        np.subtract(f, float(n), out=g)
-        np.copyto(g, f, where=active)
-        np.put(self.v_rel_left, ix, g)
-        np.less_equal(g, 0.0, out=ended)
-        np.copyto(ended, False, where=active)
-        np.less(self._k_nv[:k], float(n), out=m)     # the note's last samples
-        np.logical_or(ended, m, out=ended)
+        np.copyto(self._k_pos[:k], f)                # the next calm block's rows
+        ended, m = self._k_ended[:k], self._k_m[:k]
+        np.less(self._k_nv[:k], float(n), out=ended)     # the note's last samples
+        r0, r1 = self._r0, self._r1
+        if r1 > r0:          # released and fading voices' releases move on n samples
+            g, done = self._g64b[:r1 - r0], m[:r1 - r0]
+            self.v_rel_left.take(ix[r0:r1], out=g)
+            np.subtract(g, float(n), out=g)
+            np.put(self.v_rel_left, ix[r0:r1], g)
+            np.less_equal(g, 0.0, out=done)
+            np.logical_or(ended[r0:r1], done, out=ended[r0:r1])
         np.not_equal(self._k_state[:k], FADING, out=m)
         self.active_voices = int(np.count_nonzero(m))
         if ended.any():
@@ -790,9 +854,10 @@ class Mixer:
                 if nv < n:
                     V[j, nv:] = 0.0
 
-    def _limit(self, left, right, ramp, n: int) -> None:
+    def _limit(self, LR, ramp, n: int) -> None:
+        """Master gain and the limiter on the mix, ``LR`` [2, n] (left, right), in place."""
         master = self.master_gain
-        peak = max(float(left.max()), -float(left.min()), float(right.max()), -float(right.min()))
+        peak = max(float(LR.max()), -float(LR.min()))
         if not math.isfinite(peak) or not math.isfinite(master):
             # a voice produced inf/nan: silence this block and every voice, keep running
             self.errors += 1
@@ -800,8 +865,7 @@ class Mixer:
             for i in range(self.n_slots):
                 if self.v_state[i] != FREE:
                     self._free(i)
-            left.fill(0)
-            right.fill(0)
+            LR.fill(0)
             self.limiter_gain = 1.0
             return
         level = peak * abs(master)
@@ -816,22 +880,19 @@ class Mixer:
             self.limited_blocks += 1
         if g0 == g1:
             gain = np.float32(master * g1)
-            np.multiply(left, gain, out=left)
-            np.multiply(right, gain, out=right)
+            np.multiply(LR, gain, out=LR)
         else:
             g = self._g32[:n]
             np.multiply(ramp, np.float32(master * (g1 - g0)), out=g)
             np.add(g, np.float32(master * g0), out=g)
-            np.multiply(left, g, out=left)
-            np.multiply(right, g, out=right)
+            np.multiply(LR, g, out=LR)
         if level * max(g0, g1) > self.threshold:
-            self._soft_knee(left, n)
-            self._soft_knee(right, n)
+            self._soft_knee(LR, n)
 
     def _soft_knee(self, x, n: int) -> None:
         """Transparent below the threshold t, then t + (1 - t) tanh((|x| - t) / (1 - t)) < 1."""
         t = self.threshold
-        a, b = self._k1[:n], self._k2[:n]
+        a, b = self._k1[:2 * n].reshape(2, n), self._k2[:2 * n].reshape(2, n)
         np.abs(x, out=a)
         np.subtract(a, t, out=b)
         np.maximum(b, 0.0, out=b)
@@ -841,9 +902,11 @@ class Mixer:
         np.minimum(a, t, out=a)
         np.add(a, b, out=a)
         np.copysign(a, x, out=x)
-        np.clip(x, -1.0, 1.0, out=x)
+        np.minimum(x, 1.0, out=x)
+        np.maximum(x, -1.0, out=x)
 
-    def _write(self, outdata, offset: int, n: int, left, right) -> None:
+    def _write(self, outdata, offset: int, n: int, LR) -> None:
+        left, right = LR
         if outdata.ndim == 1:
             out = outdata[offset:offset + n]
             np.add(left, right, out=out)
@@ -856,7 +919,6 @@ class Mixer:
             np.add(left, right, out=col)
             np.multiply(col, 0.5, out=col)
             return
-        np.copyto(block[:, 0], left)
-        np.copyto(block[:, 1], right)
+        np.copyto(block[:, :2], LR.T)
         if width > 2:
             block[:, 2:] = 0

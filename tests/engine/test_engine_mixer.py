@@ -234,3 +234,62 @@ def test_callback_times_keep_the_last_values_in_order():
     assert s["n"] == 4 and s["max_us"] == 10e6 and s["p50_us"] == pytest.approx(8.5e6)
     times.clear()
     assert times.count == 0 and times.since(0).size == 0
+
+
+def test_calm_blocks_mix_exactly_as_the_full_path():
+    """Blocks that reuse the last block's rows (`Mixer._calm_block`) against a mixer that takes
+    the full path every block: the same events at the same blocks, bit-identical output and
+    voice tables -- note-ons at four rates, bends, releases, sustain, gains, pans, steals, notes
+    reaching their end, all-sound-off, and block sizes that change."""
+    rng = np.random.default_rng(7)
+    notes = [sine_note(40 + i, seconds=s) for i, s in enumerate((0.3, 0.5, 1.0, 2.0, 3.0))]
+    fast, full = make_mixer(polyphony=24), make_mixer(polyphony=24)
+    full.fast_path = False
+    calm = sounding = 0
+    original = Mixer._calm_block
+
+    def counting(self, n):
+        nonlocal calm
+        used = original(self, n)
+        calm += used and self is fast
+        return used
+
+    events = []
+    for b in range(600):
+        if rng.random() < 0.08:
+            c, p = int(rng.integers(0, 4)), int(rng.integers(30, 90))
+            kind = rng.integers(0, 8)
+            if kind < 3:
+                events.append(NoteOn(c, p, notes[int(rng.integers(0, 5))], gain=float(rng.random()),
+                                     release=float(rng.choice([0.05, 0.5, 2.0])),
+                                     rate=float(rng.choice([1.0, 1.0, 0.5, 1.5, 2 ** (1 / 12)]))))
+            elif kind == 3:
+                events.append(NoteOff(c, p))
+            elif kind == 4:
+                events.append(PitchBend(c, float(rng.choice([1.0, 1.03, 0.97]))))
+            elif kind == 5:
+                events.append(Sustain(c, bool(rng.random() < 0.5)))
+            elif kind == 6:
+                events.append(ChannelGain(c, float(rng.random())) if rng.random() < 0.5
+                              else ChannelPan(c, float(rng.uniform(-1, 1))))
+            elif rng.random() < 0.2:
+                events.append(AllSoundOff(c))
+        frames = BLOCK if b % 97 else 3 * BLOCK // 2
+        outs = []
+        for mixer in (fast, full):
+            for ev in events:
+                mixer.post(ev)
+            out = np.empty((frames, 2), np.float32)
+            Mixer._calm_block = counting
+            try:
+                mixer.callback(out, frames, None, None)
+            finally:
+                Mixer._calm_block = original
+            outs.append(out)
+        events.clear()
+        sounding += fast.sounding_voices > 0
+        np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"block {b}")
+        for name in ("v_state", "v_pos", "v_rel_left", "v_cur_l", "v_cur_r"):
+            np.testing.assert_array_equal(getattr(fast, name), getattr(full, name), err_msg=name)
+    assert fast.errors == full.errors == 0 and fast.voice_errors == 0
+    assert sounding > 500 and calm > 300, (sounding, calm)    # most blocks took the calm path
