@@ -25,9 +25,9 @@ from collections import deque
 
 import numpy as np
 
-from .engine.mixer import CallbackTimes
 from .errors import UserError, import_or_error
 from .midi import find_port
+from .timing import CallbackTimes
 
 MAX_EVENTS = 64          # MIDI messages handled per cycle; more wait for the next cycle
 MIDI_BUDGET = 0.15       # share of the period (from its start) spent handling MIDI messages
@@ -52,7 +52,7 @@ class JackIO:
     The client opens at once (``rate`` and ``blocksize`` are the server's); `start` gives it
     the MIDI handler and the mixer and activates it.
 
-    ``times`` (`engine.mixer.CallbackTimes`): for each cycle, how far into it the process
+    ``times`` (`timing.CallbackTimes`): for each cycle, how far into it the process
     callback returned (seconds from the cycle's start: the wait for its thread to run and for
     the GIL, the MIDI and the mix), what a deadline of one period is measured against.
     """

@@ -221,7 +221,7 @@ class Instrument:
         self.set_audio_times(self.mixer.times, int(blocksize or args.blocksize))
 
     def set_audio_times(self, times, blocksize: int) -> None:
-        """The `engine.mixer.CallbackTimes` the status line's ``dsp=`` reads (the mixer's own by
+        """The `timing.CallbackTimes` the status line's ``dsp=`` reads (the mixer's own by
         default; with JACK, how far into each cycle its process callback returned), per
         ``blocksize``-frame period."""
         self.audio_times, self.period_s = times, int(blocksize) / self.rate

@@ -280,7 +280,7 @@ def test_live_ready_line_status_and_notes(fake_live, capsys):
 
 
 def test_status_dsp_is_the_longest_callback_since_the_last_line():
-    from sing_synth.engine.mixer import CallbackTimes
+    from sing_synth.timing import CallbackTimes
     args = play.build_parser().parse_args(["--test-tone"])
     presets = load_presets()
     inst = play.Instrument(args, 48000, presets, presets["piano"])
@@ -375,7 +375,7 @@ def test_jack_callback_keeps_messages_a_busy_lock_refused():
     with the ones after it, for the next cycle; the audio is mixed either way."""
     from collections import deque
     from types import SimpleNamespace
-    from sing_synth.engine.mixer import CallbackTimes
+    from sing_synth.timing import CallbackTimes
     from sing_synth.jack_io import JackIO
     io = JackIO.__new__(JackIO)      # no JACK server: the callback alone, with fake ports
     events = [(0, b"\x90\x3c\x64"), (0, b"\x90\x40\x64")]
@@ -402,7 +402,7 @@ def test_jack_callback_handles_midi_only_in_its_budget():
     messages wait for the next cycle; one is handled per cycle at least; none is lost."""
     from collections import deque
     from types import SimpleNamespace
-    from sing_synth.engine.mixer import CallbackTimes
+    from sing_synth.timing import CallbackTimes
     from sing_synth.jack_io import JackIO
     io = JackIO.__new__(JackIO)
     events = [(0, bytes([0x90, 40 + i, 100])) for i in range(5)]

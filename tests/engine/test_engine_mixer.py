@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from engine_fakes import BLOCK, RATE, cents, frequency, make_mixer, run, sine_note
-from sing_synth.engine.mixer import (ACTIVE, FADING, FREE, RELEASED, AllNotesOff, AllSoundOff,
-                                     CallbackTimes, Mixer, ChannelGain, ChannelPan, NoteOff, NoteOn, PitchBend, Sustain)
+from sing_synth.engine.mixer import (ACTIVE, FADING, FREE, RELEASED, AllNotesOff, AllSoundOff, Mixer,
+                                     ChannelGain, ChannelPan, NoteOff, NoteOn, PitchBend, Sustain)
 
 
 def test_plays_a_note_at_its_pitch_and_unity_gain():
@@ -216,24 +216,6 @@ def test_no_allocation_in_steady_state():
     assert peak - before < 16384, f"transient peak {peak - before} bytes (a buffer allocated?)"
     assert mixer.sounding_voices == 48 and mixer.errors == 0 and mixer.voice_errors == 0
     assert mixer.times.count == 240 and mixer.timing()["n"] == 240
-
-
-def test_callback_times_keep_the_last_values_in_order():
-    times = CallbackTimes(size=4)
-    assert times.since(0).size == 0 and times.summary()["n"] == 0
-    for v in range(1, 4):
-        times.add(v)
-    assert times.since(0).tolist() == [1, 2, 3] and times.since(1).tolist() == [2, 3]
-    for v in range(4, 11):                      # wraps around the ring twice
-        times.add(v)
-    assert times.count == 10
-    assert times.since(0).tolist() == [7, 8, 9, 10]            # the last 4 only
-    assert times.since(7).tolist() == [8, 9, 10] and times.since(10).size == 0
-    assert times.since(12).size == 0                           # a count from before a clear
-    s = times.summary()
-    assert s["n"] == 4 and s["max_us"] == 10e6 and s["p50_us"] == pytest.approx(8.5e6)
-    times.clear()
-    assert times.count == 0 and times.since(0).size == 0
 
 
 def test_calm_blocks_mix_exactly_as_the_full_path():
