@@ -48,7 +48,6 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..device import resolve_device
 from ..fast import FastRenderer, GraphedRenderer, best_dtype
 from ..levels import checkpoint_levels
-from .notes import NoteMemory
 
 URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
@@ -398,7 +397,6 @@ class NoteRenderer(WorkerQueue):
         self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
         self._graphed = {}                 # thread id -> its GraphedRenderer (static buffers)
         self.note_length = int(round(self.config.length * self.stream_rate / self.model_rate))
-        self.memory = NoteMemory(self.note_length)     # the notes' maps (`notes.NoteMemory`)
 
         self._callbacks = [on_ready] if on_ready is not None else []
         self._cond = threading.Condition()
@@ -696,7 +694,7 @@ class NoteRenderer(WorkerQueue):
         filling = []
         for wave in heads:
             resampler = self._resampler() if self.stream_rate != self.model_rate else None
-            note = self.memory.zeros()
+            note = np.zeros(self.note_length, np.float32)
             written = self._append(note, 0, wave, resampler, last=False)
             n_in = min(len(self._fade_in), written)
             note[:n_in] *= self._fade_in[:n_in]
@@ -832,10 +830,13 @@ class NoteRenderer(WorkerQueue):
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:
-        resampler = self._resampler() if self.stream_rate != self.model_rate else None
-        note = self.memory.zeros()
-        self._append(note, 0, wave, resampler, last=True)   # resampled in pieces, see there
-        wave = note
+        if self.stream_rate != self.model_rate:       # in pieces, as `_append` explains
+            note = np.zeros(self.note_length, np.float32)
+            self._append(note, 0, wave, self._resampler(), last=True)
+            wave = note
+        else:
+            wave = np.nan_to_num(np.asarray(wave, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
         n_in, n_out = min(len(self._fade_in), len(wave)), min(len(self._fade_out), len(wave))
         wave[:n_in] *= self._fade_in[:n_in]
         wave[len(wave) - n_out:] *= self._fade_out[len(self._fade_out) - n_out:]
@@ -864,6 +865,6 @@ PAGE = 4096
 
 
 def footprint(note) -> int:
-    """Resident bytes of a note: whole pages, and one more (a note is a map of its own,
-    `notes.NoteMemory`; a malloc'd one has a header) -- 0.8% above ``nbytes`` at 48 kHz."""
+    """Resident bytes of a note: whole pages, plus one for the allocator's header (notes are
+    mmap'd chunks, see `play._return_freed_notes`) -- 0.8% above ``nbytes`` at 48 kHz."""
     return (note.nbytes // PAGE + 2) * PAGE

@@ -90,13 +90,12 @@ def test_lru_cache_bound(tiny_checkpoint, one_thread):
         renderer.request((instrument_key(0), 63, 2))
         assert renderer.wait_idle(timeout=60)
         assert renderer.get(keys[1]) is held and renderer.get(keys[2]) is None
-        # an evicted note's map is reused by a later note (`notes.NoteMemory`), never while held
+        # an evicted note that a voice still holds keeps its samples while later notes render
         samples = held.copy()
         for pitch in (64, 65, 66):
             renderer.request((instrument_key(0), pitch, 2))
             assert renderer.wait_idle(timeout=60)
         assert renderer.get(keys[1]) is None and np.array_equal(held, samples)
-        assert renderer.memory.maps_reused >= 2 and renderer.memory.maps_made <= 6
         status = renderer.status()
         assert status["cache_mb"] * 2 ** 20 == 2 * NOTE_BYTES <= 2 * 2 ** 20
         assert status["evictions"] == 5
