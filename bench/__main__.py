@@ -236,6 +236,10 @@ def _soak_target(soaks, every) -> tuple:
     if late > own:
         text += f"; late of its own: {mixer.late_summary(every, 'sing-synth', mixer.own_late)}"
     text += f"; the bench's MIDI sender {sum(r['others_late'] for r in soaks)}"
+    dsp = [r["dsp_max"] for r in soaks if r.get("dsp_max") is not None]
+    if dsp:
+        text += (f"; sing-synth's callback returned by {max(dsp):g}% of the period at the latest "
+                 f"(its status lines)")
     for synth, how in (("FluidSynth", "on the same schedule"),
                        ("FluidSynth" + mixer.LOADED, "with sing-synth's renderer load beside it")):
         fluid = mixer.late_summary(every, synth)

@@ -480,7 +480,8 @@ def soak_markdown(rows) -> str:
 def _dsp(row) -> str:
     if row.get("dsp_max") is None:
         return "-"
-    return f"{common.fmt(row['dsp_max'])} ({common.fmt(row['dsp_median'])})"
+    median = row.get("dsp_median")
+    return f"{common.fmt(row['dsp_max'])}" + ("" if median is None else f" ({common.fmt(median)})")
 
 
 def _finish(row) -> str:

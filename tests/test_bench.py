@@ -268,12 +268,16 @@ def test_targets_table_from_results():
         "mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
     assert "missed" in verdict and "3 of the 5 in cycles the server itself began late" in text
     assert "(the graph had 0.62 ms or more of 5.33); 1 not started behind the late MIDI sender" in text
-    assert "late of its own: 0, 1 (median 0.5, worst 1)" in text
+    assert "late of its own: 0, 1 (median 0.5, worst 1)" in text and "callback returned" not in text
+    results["mixer"]["soak"][0]["dsp_max"], results["mixer"]["soak"][2]["dsp_max"] = 38, 61
+    text = {t.split(" (")[0]: m for t, m, v in bench_main.targets(results)}[
+        "mixer: 0 xruns in a 60 s soak, 128 voices, prewarm running"]
+    assert "; sing-synth's callback returned by 61% of the period at the latest (its status lines)" in text
     results["mixer"]["soak"][2].update(synth_late_own=0, synth_late_short=4)
     assert bench_main.targets(results)[1][2] == "met"
     row = dict(results["mixer"]["soak"][2], voices=128, voices_min=128, voices_max=128, presets_queued=15)
     assert "| 5 | 4 (0.620) | 1 | 1 Running, 4 Triggered |" in mixer.soak_markdown([row])
-    assert "| - (C++ callback) | - |" in mixer.soak_markdown([dict(row, sender_finish_pct=None)])
+    assert "| - (C++ callback) | - |" in mixer.soak_markdown([dict(row, sender_finish_pct=None, dsp_max=None)])
     row.update(dsp_max=41, dsp_median=12.5)
     assert "| 41.0 (12.5) |" in mixer.soak_markdown([row])
     assert rows["cached note-on -> sound <= 1 period"] == "met"
