@@ -48,24 +48,11 @@ def bench_mixer(voices: int, mode: str, frames=256, rate=48000, blocks=2000, war
                 mixer.post(NoteOff(1, v % 128))
         mixer.callback(out, frames, None, None)
     mixer.reset_timing()
-    cpu = np.empty(blocks)
-    period = frames / rate
-    deadline = time.perf_counter()
-    for b in range(blocks):
-        c0 = time.thread_time()
-        mixer.callback(out, frames, None, None)
-        cpu[b] = time.thread_time() - c0
-        if paced:
-            deadline += period
-            time.sleep(max(0.0, deadline - time.perf_counter()))
+    _, cpu = _time_calls(lambda: mixer.callback(out, frames, None, None), frames / rate, blocks, 0,
+                         paced)
     assert mixer.sounding_voices == voices and mixer.errors == 0, mixer.stats()
-    wall = mixer.timing()
-    budget = frames / rate * 1e6
-    return {"voices": voices, "mode": mode, "frames": frames, "paced": bool(paced),
-            "wall_p50_us": wall["p50_us"], "wall_p99_us": wall["p99_us"], "wall_max_us": wall["max_us"],
-            "cpu_p50_us": float(np.percentile(cpu, 50) * 1e6),
-            "cpu_p99_us": float(np.percentile(cpu, 99) * 1e6),
-            "budget_us": budget, "load_p99": wall["p99_us"] / budget}
+    wall = mixer.times.since(0) * 1e6         # the callback's own clock
+    return {"voices": voices, "mode": mode, **_row(wall, cpu, frames, rate, paced)}
 
 
 def bench_copy(kib=128, frames=256, rate=48000, blocks=2000, warmup=100, paced=False) -> dict:
@@ -74,24 +61,34 @@ def bench_copy(kib=128, frames=256, rate=48000, blocks=2000, warmup=100, paced=F
     between calls, even this finds its data cold: several times its back-to-back time."""
     src = np.ones(kib * 256, np.float32)
     dst = np.empty_like(src)
+    wall, cpu = _time_calls(lambda: np.copyto(dst, src), frames / rate, blocks, warmup, paced)
+    return {"voices": None, "mode": f"copy{kib}", **_row(wall, cpu, frames, rate, paced)}
+
+
+def _time_calls(call, period: float, blocks: int, warmup: int, paced: bool) -> tuple:
+    """Wall and thread CPU time of ``blocks`` calls (microseconds) after ``warmup`` untimed ones;
+    ``paced``: one call a period, asleep between them."""
     wall, cpu = np.empty(blocks), np.empty(blocks)
-    period = frames / rate
     deadline = time.perf_counter()
     for b in range(-warmup, blocks):
         t0, c0 = time.perf_counter(), time.thread_time()
-        np.copyto(dst, src)
+        call()
         if b >= 0:
             wall[b], cpu[b] = time.perf_counter() - t0, time.thread_time() - c0
         if paced:
             deadline += period
             time.sleep(max(0.0, deadline - time.perf_counter()))
-    budget = period * 1e6
-    wall, cpu = wall * 1e6, cpu * 1e6
-    return {"voices": None, "mode": f"copy{kib}", "frames": frames, "paced": bool(paced),
-            "wall_p50_us": float(np.percentile(wall, 50)), "wall_p99_us": float(np.percentile(wall, 99)),
+    return wall * 1e6, cpu * 1e6
+
+
+def _row(wall, cpu, frames: int, rate: int, paced: bool) -> dict:
+    budget = frames / rate * 1e6
+    p99 = float(np.percentile(wall, 99))
+    return {"frames": frames, "paced": bool(paced),
+            "wall_p50_us": float(np.percentile(wall, 50)), "wall_p99_us": p99,
             "wall_max_us": float(wall.max()), "cpu_p50_us": float(np.percentile(cpu, 50)),
             "cpu_p99_us": float(np.percentile(cpu, 99)), "budget_us": budget,
-            "load_p99": float(np.percentile(wall, 99)) / budget}
+            "load_p99": p99 / budget}
 
 
 def bench_renderer(size: str, notes: int = 16, stream_rate=48000) -> dict:

@@ -41,7 +41,6 @@ from ..timing import CallbackTimes
 
 FREE, ACTIVE, RELEASED, FADING = 0, 1, 2, 3
 N_CHANNELS = 16
-_FAR = np.float32(1e30)     # "release never ends" for rows that are not releasing
 _EXP_DEPTH = math.log(1000.0)   # exponential release: -60 dB shape, reaches 0 at its end
 
 
@@ -203,7 +202,6 @@ class Mixer:
         self._k_rate = np.zeros(S, np.float64)
         self._k_nv = np.zeros(S, np.float64)
         self._k_state = np.zeros(S, np.int8)
-        self._k_active = np.zeros(S, np.bool_)
         self._k_ended = np.zeros(S, np.bool_)
         self._k_m = np.zeros(S, np.bool_)
         self._ipos = np.zeros(S, np.int64)
@@ -612,11 +610,8 @@ class Mixer:
         np.minimum(f, n, out=nv)
         if nv.min() <= 0.0:
             return False
-        if self._releasing:          # as `_gather` reads them
-            r0, r1 = self._r0, self._r1
-            g = self._g64b[:r1 - r0]
-            self.v_rel_left.take(self._ix[r0:r1], out=g)
-            np.copyto(self._rel_left_k[r0:r1], g, casting="same_kind")
+        if self._releasing:
+            self._read_releases()
         return True
 
     def _select(self, n: int) -> tuple:
@@ -704,17 +699,22 @@ class Mixer:
         self.v_len.take(ix, out=self._k_len[:k])
         self.v_rate.take(ix, out=self._k_rate[:k])
         self._nv.take(ix, out=self._k_nv[:k])
-        # release: rows of active voices get a release that never ends (envelope 1)
-        active = self._k_active[:k]
         self.v_state.take(ix, out=self._k_state[:k])
-        np.equal(self._k_state[:k], ACTIVE, out=active)
+        # releases: rows r0 .. r1 only (`_select`); the others' envelope is 1
         self._releasing = self._r1 > self._r0
-        self.v_rel_left.take(ix, out=g)
-        np.copyto(self._rel_left_k[:k], g, casting="same_kind")
-        np.copyto(self._rel_left_k[:k], _FAR, where=active)
-        self.v_rel_len.take(ix, out=g)
-        np.copyto(self._rel_len_k[:k], g, casting="same_kind")
-        np.copyto(self._rel_len_k[:k], 1.0, where=active)
+        if self._releasing:
+            r0, r1 = self._r0, self._r1
+            g = self._g64[:r1 - r0]
+            self.v_rel_len.take(ix[r0:r1], out=g)
+            np.copyto(self._rel_len_k[r0:r1], g, casting="same_kind")
+            self._read_releases()
+
+    def _read_releases(self) -> None:
+        """The releasing rows' samples left in their release, for this block's envelopes."""
+        r0, r1 = self._r0, self._r1
+        g = self._g64b[:r1 - r0]
+        self.v_rel_left.take(self._ix[r0:r1], out=g)
+        np.copyto(self._rel_left_k[r0:r1], g, casting="same_kind")
 
     def _copy_direct(self, kd: int, n: int) -> None:
         """Rows 0 .. kd: slices of the notes (rate 1, integer positions)."""
