@@ -15,7 +15,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 # torch==2.13.0 first: it is the local CPU build here, where an unpinned torch pulls CUDA wheels.
-$(STAMP): $(PY) pyproject.toml
+# The install compiles the mixer's block (setup.py, sing_synth/engine/_mixc.c) with the C compiler.
+$(STAMP): $(PY) pyproject.toml setup.py sing_synth/engine/_mixc.c
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'

@@ -6,7 +6,8 @@
   p50/p99 wall time as a share of the 256-frame period at 48 kHz ('mixed': a quarter of the
   voices bent, a quarter releasing; 'rate 1': plain copies); block after block (the callback's
   CPU cost), then one block a period with the thread asleep between, as a stream calls it (its
-  caches and the vCPU go cold between calls: about twice the time here).
+  caches and the vCPU go cold between calls: about twice the time here); for each kernel built
+  (the compiled block the instrument runs, then the numpy path as the reference).
 - soak: sing-synth (``--audio-api jack``) on a jackd dummy server, 128 voices held (re-struck
   every 3 s: SING notes last 4 s) for ``--soak-s`` seconds while its renderer prewarms in the
   background (a program change every 4 s on another channel queues a preset's notes); xruns
@@ -27,6 +28,7 @@ import sys
 import time
 
 from sing_synth.engine.bench import bench_copy, bench_mixer
+from sing_synth.engine.mixer import KERNELS
 
 from . import common
 from . import jack_rig as R
@@ -38,22 +40,23 @@ ORGAN = 16
 
 # ------------------------------------------------------------------------------------ sweep
 def sweep(voices=(1, 8, 16, 32, 64, 128, 256), modes=("rate1", "mixed"), frames=256, blocks=2000,
-          paced=(False, True), log=common.log) -> list:
-    """Callback time per voice count and mode, called back to back (its CPU cost) and, with
-    ``paced``, one call a period with the thread asleep between (as a stream calls it)."""
+          paced=(False, True), kernels=KERNELS, log=common.log) -> list:
+    """Callback time per kernel, voice count and mode, called back to back (its CPU cost) and,
+    with ``paced``, one call a period with the thread asleep between (as a stream calls it)."""
     rows = []
     for how in paced:
-        runs = [(n, mode) for mode in modes for n in voices] + [(None, "copy")]
-        for n, mode in runs:
+        runs = [(k, n, mode) for k in kernels for mode in modes for n in voices] + [(None, None, "copy")]
+        for kernel, n, mode in runs:
             if n is None:        # the reference: a plain copy, to show what cold caches cost
                 r = bench_copy(COPY_KIB, frames=frames, rate=RATE, blocks=blocks, paced=how)
             else:
-                r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks, paced=how)
+                r = bench_mixer(n, mode, frames=frames, rate=RATE, blocks=blocks, paced=how,
+                                kernel=kernel)
             r["p50_pct"] = 100 * r["wall_p50_us"] / r["budget_us"]
             r["p99_pct"] = 100 * r["wall_p99_us"] / r["budget_us"]
             rows.append(r)
-            log(f"  mixer {_mode(r)}{f', {n} voices' if n else ''}{', one a period' if how else ''}: "
-                f"p99 {r['p99_pct']:.1f}% of the period")
+            log(f"  mixer {_mode(r)}{f', {kernel}, {n} voices' if n else ''}"
+                f"{', one a period' if how else ''}: p99 {r['p99_pct']:.1f}% of the period")
     return rows
 
 
@@ -71,13 +74,14 @@ def _mode(row) -> str:
 
 
 def sweep_markdown(rows) -> str:
-    header = ("voices", "mode", "calls", "period", "p50 us", "p99 us", "max us", "p50 % of period",
-              "p99 % of period", "CPU p99 us")
-    body = [("-" if r["voices"] is None else r["voices"], _mode(r), calls(r), r["frames"],
-             common.fmt(r["wall_p50_us"]), common.fmt(r["wall_p99_us"]), common.fmt(r["wall_max_us"]),
-             common.fmt(r["p50_pct"]), common.fmt(r["p99_pct"]), common.fmt(r["cpu_p99_us"]))
+    header = ("kernel", "voices", "mode", "calls", "period", "p50 us", "p99 us", "max us",
+              "p50 % of period", "p99 % of period", "CPU p99 us")
+    body = [(r.get("kernel") or "-", "-" if r["voices"] is None else r["voices"], _mode(r), calls(r),
+             r["frames"], common.fmt(r["wall_p50_us"]), common.fmt(r["wall_p99_us"]),
+             common.fmt(r["wall_max_us"]), common.fmt(r["p50_pct"]), common.fmt(r["p99_pct"]),
+             common.fmt(r["cpu_p99_us"]))
             for r in rows]
-    return common.table(header, body, ["r", "l", "l"] + ["r"] * 7)
+    return common.table(header, body, ["l", "r", "l", "l"] + ["r"] * 7)
 
 
 # ------------------------------------------------------------------------------------ held notes

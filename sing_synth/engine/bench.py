@@ -27,12 +27,13 @@ def _note(seconds: float, rate: int) -> np.ndarray:
 
 
 def bench_mixer(voices: int, mode: str, frames=256, rate=48000, blocks=2000, warmup=100,
-                paced=False) -> dict:
+                paced=False, kernel="auto") -> dict:
     """``paced``: one callback a period, the thread asleep between them, as a stream's thread
-    calls it; its caches (and this VM's vCPU) go cold meanwhile, which costs the callback about
-    twice its back-to-back time here.  Back to back, it is the callback's CPU cost alone."""
+    calls it; its caches (and this VM's vCPU) go cold meanwhile, which costs the numpy path
+    about twice its back-to-back time here.  Back to back, it is the callback's CPU cost alone.
+    ``kernel``: the `Mixer`'s ('compiled', 'numpy' or 'auto')."""
     note = _note((blocks + warmup) * frames / rate * 1.02 + 1, rate)
-    mixer = Mixer(rate, blocksize_max=max(4096, frames), polyphony=max(128, voices))
+    mixer = Mixer(rate, blocksize_max=max(4096, frames), polyphony=max(128, voices), kernel=kernel)
     for v in range(voices):
         # channels 0-3 bent in 'bend' mode, channel 0 only in 'mixed'; channel 1 released in 'mixed'
         mixer.post(NoteOn(v % 4, v % 128, note, gain=0.05, release=30.0))
@@ -52,7 +53,8 @@ def bench_mixer(voices: int, mode: str, frames=256, rate=48000, blocks=2000, war
                          paced)
     assert mixer.sounding_voices == voices and mixer.errors == 0, mixer.stats()
     wall = mixer.times.since(0) * 1e6         # the callback's own clock
-    return {"voices": voices, "mode": mode, **_row(wall, cpu, frames, rate, paced)}
+    return {"voices": voices, "mode": mode, "kernel": mixer.kernel,
+            **_row(wall, cpu, frames, rate, paced)}
 
 
 def bench_copy(kib=128, frames=256, rate=48000, blocks=2000, warmup=100, paced=False) -> dict:
@@ -129,14 +131,17 @@ def main(argv=None) -> None:
     parser.add_argument("--renderer", choices=["small", "base", "full"])
     parser.add_argument("--paced", action="store_true",
                         help="one callback a period, asleep between them (as a stream calls it)")
+    parser.add_argument("--kernel", choices=["auto", "compiled", "numpy"], default="auto",
+                        help="the mixer's block: compiled (C) or numpy")
     args = parser.parse_args(argv)
-    print(f"callback, {args.frames}-frame blocks at {args.rate} Hz "
+    print(f"callback ({args.kernel} kernel), {args.frames}-frame blocks at {args.rate} Hz "
           f"(budget {args.frames / args.rate * 1e6:.0f} us), {args.blocks} blocks")
     print(f"{'voices':>6} {'mode':>6} | {'wall p50':>9} {'wall p99':>9} {'wall max':>9} | "
           f"{'cpu p50':>8} {'cpu p99':>8} | p99/budget")
     for mode in args.modes:
         for voices in args.voices:
-            r = bench_mixer(voices, mode, args.frames, args.rate, args.blocks, paced=args.paced)
+            r = bench_mixer(voices, mode, args.frames, args.rate, args.blocks, paced=args.paced,
+                            kernel=args.kernel)
             print(f"{voices:>6} {mode:>6} | {r['wall_p50_us']:7.0f}us {r['wall_p99_us']:7.0f}us "
                   f"{r['wall_max_us']:7.0f}us | {r['cpu_p50_us']:6.0f}us {r['cpu_p99_us']:6.0f}us | "
                   f"{r['load_p99']:.1%}")

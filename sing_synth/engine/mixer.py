@@ -39,7 +39,13 @@ import numpy as np
 
 from ..timing import CallbackTimes
 
+try:                 # the compiled block (setup.py builds it; optional, see `Mixer`'s kernel)
+    from . import _mixc
+except ImportError:  # no C compiler at install: the numpy path
+    _mixc = None
+
 FREE, ACTIVE, RELEASED, FADING = 0, 1, 2, 3
+KERNELS = ("compiled", "numpy") if _mixc is not None else ("numpy",)   # built; 'auto' takes the first
 N_CHANNELS = 16
 _EXP_DEPTH = math.log(1000.0)   # exponential release: -60 dB shape, reaches 0 at its end
 
@@ -115,14 +121,24 @@ class Mixer:
             (at least one is applied per callback); the rest wait for the next callback, so a
             burst (a 128-note chord struck at once, each note-on stealing a voice: ~20 us each)
             delays its last notes by a block or two instead of overrunning this one.
+        kernel: how blocks are mixed: 'compiled' (`_mixc.Kernel`: the whole voice table in one
+            C call; in a stream, whose caches go cold between callbacks, it is several times
+            faster than numpy's ~50 calls a block), 'numpy' (the whole-table numpy passes), or
+            'auto' (the default: compiled when it was built, as ``pip install`` does where a C
+            compiler is present).  Both mix the same (tests compare them).
     """
 
     def __init__(self, stream_rate, blocksize_max=4096, polyphony=128, channels=2,
                  master_gain=0.5, release_curve="exp", fade_slots=16, steal_fade=0.005,
                  threshold=0.89, limiter_release=0.25, timing_history=8192, max_events=4096,
-                 event_budget=0.15):
+                 event_budget=0.15, kernel="auto"):
         if release_curve not in ("exp", "linear"):
             raise ValueError("release_curve: 'exp' or 'linear'")
+        if kernel not in ("auto", "compiled", "numpy"):
+            raise ValueError("kernel: 'auto', 'compiled' or 'numpy'")
+        if kernel == "compiled" and _mixc is None:
+            raise RuntimeError("the compiled mixer (sing_synth.engine._mixc) was not built: "
+                               "reinstall with a C compiler, or use kernel='numpy'")
         self.stream_rate = int(stream_rate)
         self.blocksize_max = B = int(blocksize_max)
         self.polyphony = int(polyphony)
@@ -153,6 +169,7 @@ class Mixer:
         self.v_sustained = np.zeros(S, np.bool_)    # key up while the pedal is down
         self.v_note = [None] * S                    # note array references
         self.v_key = [None] * S
+        self.v_gen = np.zeros(S, np.int64)          # note-ons of the slot: the kernel's note cache
         self._serial = 0
 
         # channels
@@ -223,6 +240,18 @@ class Mixer:
         self._m3 = np.zeros(S, np.bool_)
         self._s64 = np.zeros(S, np.int64)
         self._f64 = np.zeros(S, np.float64)
+        # the compiled block's outputs: slots to free (and why), then peak, sounding, active
+        self._end_slot = np.zeros(S, np.int64)
+        self._end_kind = np.zeros(S, np.int8)
+        self._info = np.zeros(3, np.float64)
+        self._kernel = None
+        if kernel != "numpy" and _mixc is not None:
+            self._kernel = _mixc.Kernel(
+                S, B, self.v_state, self.v_pos, self.v_len, self.v_rate, self.v_gain,
+                self.v_cur_l, self.v_cur_r, self.v_channel, self.v_rel_len, self.v_rel_left,
+                self.v_gen, self.v_note, self.ch_gain, self.ch_pan_l, self.ch_pan_r, self._M,
+                self._ramp, self._end_slot, self._end_kind, self._info)
+        self.kernel = "compiled" if self._kernel is not None else "numpy"
 
         # limiter and counters
         self.limiter_gain = 1.0
@@ -268,7 +297,7 @@ class Mixer:
             "active_voices": self.active_voices, "sounding_voices": self.sounding_voices,
             "xruns": self.xruns, "callbacks": self.callbacks, "errors": self.errors,
             "voice_errors": self.voice_errors, "bad_events": self.bad_events,
-            "steals": self.steals, "limited_blocks": self.limited_blocks,
+            "steals": self.steals, "limited_blocks": self.limited_blocks, "kernel": self.kernel,
             "limiter_gain": self.limiter_gain, "pending_events": len(self.events),
             "last_error": None if err is None else f"{type(err).__name__}: {err}",
             **self.timing(),
@@ -443,8 +472,8 @@ class Mixer:
         c = self._channel(ev.channel)
         note = ev.note
         if not isinstance(note, np.ndarray) or note.ndim != 1 or note.shape[0] < 2 \
-                or note.dtype != np.float32:
-            raise TypeError("NoteOn.note must be a 1-D float32 array")
+                or note.dtype != np.float32 or not note.flags.c_contiguous:
+            raise TypeError("NoteOn.note must be a 1-D contiguous float32 array")
         gain, rate, release, pitch = float(ev.gain), float(ev.rate), float(ev.release), int(ev.pitch)
         if not (0.0 <= gain < 1e4 and 0.01 < rate < 100.0 and 0.0 <= release < 60.0
                 and 0 <= pitch < 128):
@@ -468,6 +497,7 @@ class Mixer:
         self.v_rel_left[i] = self.v_rel_len[i]
         self.v_sustained[i] = False
         self.v_note[i] = note
+        self.v_gen[i] += 1
         self.v_len[i] = note.shape[0]
         self.v_key[i] = ev.key
 
@@ -520,7 +550,6 @@ class Mixer:
     # ------------------------------------------------------------------ mixing (audio thread)
     def _block(self, outdata, offset: int, n: int) -> None:
         ramp = self._ramp[:n]
-        self._Vn = self._V[:self.n_slots * n].reshape(self.n_slots, n)
         if n != self._one_i_n:       # [1; i] rows and the ramp for this block size (once per size)
             for flat in (self._one_i32, self._one_i64):
                 rows = flat[:2 * n].reshape(2, n)
@@ -528,6 +557,10 @@ class Mixer:
                 rows[1] = np.arange(n)
             np.multiply(self._idx1[:n], np.float32(1.0 / n), out=ramp)   # (i + 1) / n: reaches 1
             self._one_i_n = n
+        if self._kernel is not None:
+            self._compiled_block(outdata, offset, n)
+            return
+        self._Vn = self._V[:self.n_slots * n].reshape(self.n_slots, n)
         calm = self._calm_block(n)
         if calm:
             kd, kb = self._kd, self._kb
@@ -575,7 +608,26 @@ class Mixer:
                 np.dot(self._coef[:, :k], V, out=M)
                 np.multiply(M[2:], ramp, out=M[2:])
                 np.add(LR, M[2:], out=LR)
-        self._limit(LR, ramp, n)
+        self._limit(LR, ramp, n, max(float(LR.max()), -float(LR.min())))
+        self._write(outdata, offset, n, LR)
+
+    def _compiled_block(self, outdata, offset: int, n: int) -> None:
+        """The block in one call (`_mixc.Kernel.mix`): the same voices, gains, envelopes and
+        positions as the numpy path below; what ends is freed here, on the Python side."""
+        ended = self._kernel.mix(n, self.release_curve == "exp")
+        if ended:
+            slots, kinds = self._end_slot[:ended].tolist(), self._end_kind[:ended].tolist()
+            for i, kind in zip(slots, kinds):
+                if kind != 1:
+                    self.voice_errors += 1
+                    self._last_error = ValueError(
+                        f"voice {i}: " + ("voice state, position, rate or gain out of range"
+                                          if kind == 2 else "its note is not a float32 array"))
+                self._free(i)
+        info = self._info
+        self.sounding_voices, self.active_voices = int(info[1]), int(info[2])
+        LR = self._M[:2 * n].reshape(2, n)
+        self._limit(LR, self._ramp[:n], n, float(info[0]))
         self._write(outdata, offset, n, LR)
 
     # The voices of a block are handled as whole-table numpy passes (`_select`, `_gather`,
@@ -745,6 +797,11 @@ class Mixer:
         np.copyto(self._k_pos[:k], f)                # the next calm block's rows
         ended, m = self._k_ended[:k], self._k_m[:k]
         np.less(self._k_nv[:k], float(n), out=ended)     # the note's last samples
+        # ... or its last sample at the block's end: past length - 1 nothing is left to play
+        last, past = self._f64[:k], self._m3[:k]
+        np.subtract(self._k_len[:k], 1.0, out=last)
+        np.greater(f, last, out=past)
+        np.logical_or(ended, past, out=ended)
         r0, r1 = self._r0, self._r1
         if r1 > r0:          # released and fading voices' releases move on n samples
             g, done = self._g64b[:r1 - r0], m[:r1 - r0]
@@ -819,10 +876,10 @@ class Mixer:
                 if nv < n:
                     V[j, nv:] = 0.0
 
-    def _limit(self, LR, ramp, n: int) -> None:
-        """Master gain and the limiter on the mix, ``LR`` [2, n] (left, right), in place."""
+    def _limit(self, LR, ramp, n: int, peak: float) -> None:
+        """Master gain and the limiter on the mix, ``LR`` [2, n] (left, right), in place;
+        ``peak``: its largest magnitude (NaN if any sample is not finite)."""
         master = self.master_gain
-        peak = max(float(LR.max()), -float(LR.min()))
         if not math.isfinite(peak) or not math.isfinite(master):
             # a voice produced inf/nan: silence this block and every voice, keep running
             self.errors += 1
@@ -843,6 +900,10 @@ class Mixer:
         self.limiter_gain = g1
         if g1 < 1.0:
             self.limited_blocks += 1
+        knee = level * max(g0, g1) > self.threshold
+        if self._kernel is not None:
+            self._kernel.finish(n, master * g0, master * (g1 - g0), self.threshold if knee else 0.0)
+            return
         if g0 == g1:
             gain = np.float32(master * g1)
             np.multiply(LR, gain, out=LR)
@@ -851,7 +912,7 @@ class Mixer:
             np.multiply(ramp, np.float32(master * (g1 - g0)), out=g)
             np.add(g, np.float32(master * g0), out=g)
             np.multiply(LR, g, out=LR)
-        if level * max(g0, g1) > self.threshold:
+        if knee:
             self._soft_knee(LR, n)
 
     def _soft_knee(self, x, n: int) -> None:
