@@ -141,6 +141,9 @@ def add_arguments(p) -> None:
                    help="voices at once (default 128)")
     g.add_argument("--gain", type=_positive(float, "--gain", allow_zero=True), default=0.5,
                    help="master gain before the limiter (default 0.5)")
+    g.add_argument("--mixer", default="auto", choices=["auto", "compiled", "numpy"],
+                   help="how the voices are mixed: the compiled block (C, built at install), "
+                        "numpy, or auto: compiled when it was built (default)")
     g = p.add_argument_group("running")
     g.add_argument("--render-midi", default=None, metavar="IN.mid",
                    help="render a MIDI file offline (no audio device, no MIDI port); needs -o")
@@ -185,6 +188,19 @@ def _checkpoint_path(args) -> Path:
     return path
 
 
+def _mixer_kernel(asked: str) -> str:
+    """The `Mixer` kernel for ``--mixer``; a note when 'auto' finds no compiled block."""
+    from .engine.mixer import KERNELS
+    if "compiled" not in KERNELS:
+        if asked == "compiled":
+            raise UserError("--mixer compiled: the compiled mixer was not built (no C compiler "
+                            "when the package was installed); reinstall with one, or use --mixer numpy")
+        if asked == "auto":
+            print("sing-synth: note: the compiled mixer was not built (no C compiler at install): "
+                  "mixing with numpy, slower in a stream (README, Speed)", file=sys.stderr, flush=True)
+    return asked
+
+
 def _presets(args):
     from .presets import find_preset, load_presets
     presets = load_presets(args.presets_dir)
@@ -212,7 +228,8 @@ class Instrument:
                                          levels=not getattr(args, "raw_levels", False))
         self.probe = LatencyProbe(self.renderer)
         self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(blocksize or args.blocksize)),
-                           polyphony=args.polyphony, master_gain=args.gain)
+                           polyphony=args.polyphony, master_gain=args.gain,
+                           kernel=_mixer_kernel(getattr(args, "mixer", "auto")))
         self.controller = Controller(self.mixer, self.probe, presets, preset, self.rate)
         self.channel = None if args.channel is None else args.channel - 1
         self.output_latency = 0.0

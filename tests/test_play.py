@@ -83,6 +83,30 @@ def test_render_demo_with_test_tone_has_the_files_pitches(tmp_path, capsys):
             assert mag[lo:hi].max() > 0.05 * mag.max(), (channel, pitch, start)
 
 
+def test_mixer_option_both_kernels_render_the_same(tmp_path, capsys):
+    """``--mixer compiled`` and ``--mixer numpy`` render the demo alike (float32 rounding apart);
+    without the compiled build, asking for it is one error line and exit 2."""
+    outs = {}
+    for kernel in ("compiled", "numpy"):
+        outs[kernel] = tmp_path / f"{kernel}.wav"
+        assert play.main(["--test-tone", "--mixer", kernel, "--render-midi", str(DEMO_PATH),
+                          "-o", str(outs[kernel])]) == 0
+    a, _ = soundfile.read(outs["compiled"], dtype="float32")
+    b, _ = soundfile.read(outs["numpy"], dtype="float32")
+    assert a.shape == b.shape and np.abs(a).max() > 0.1
+    np.testing.assert_allclose(a, b, atol=2 / 32768)        # 16-bit WAVs: one LSB apart at most
+    capsys.readouterr()
+    import sing_synth.engine.mixer as mixer_module
+    saved = mixer_module.KERNELS
+    mixer_module.KERNELS = ("numpy",)
+    try:
+        assert play.main(["--test-tone", "--mixer", "compiled", "--render-midi", str(DEMO_PATH),
+                          "-o", str(tmp_path / "x.wav")]) == 2
+        assert "compiled mixer was not built" in one_error_line(capsys)
+    finally:
+        mixer_module.KERNELS = saved
+
+
 def test_program_changes_the_test_tone_timbre():
     def centroid(x):
         mag = np.abs(np.fft.rfft(x[4800:24000]))

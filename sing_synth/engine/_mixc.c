@@ -21,6 +21,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stddef.h>
 #include <string.h>
 
 #define FREE 0
@@ -30,9 +31,6 @@
 #define N_CHANNELS 16
 #define N_BUF 19
 #define LANES 8
-
-enum { B_STATE, B_POS, B_LEN, B_RATE, B_GAIN, B_CUR_L, B_CUR_R, B_CHANNEL, B_REL_LEN, B_REL_LEFT,
-       B_GEN, B_CH_GAIN, B_CH_PAN_L, B_CH_PAN_R, B_LR, B_RAMP, B_END_SLOT, B_END_KIND, B_INFO };
 
 typedef struct {
     PyObject_HEAD
@@ -58,6 +56,40 @@ typedef struct {
     double depth;               /* exponential release: log(1000) */
 } Kernel;
 
+/* The arrays the kernel is bound to, in the order of its ``arrays`` argument: item kind ('i'
+ * integer, 'f' float), item size, how many items (per slot, per channel, per frame of the
+ * largest block, twice that, or 3) and the field that points at them. */
+enum { PER_SLOT, PER_CHANNEL, PER_FRAME, PER_2FRAMES, THREE };
+typedef struct {
+    char kind;
+    Py_ssize_t itemsize;
+    int count;
+    const char *name;
+    size_t field;
+} Spec;
+
+static const Spec SPECS[N_BUF] = {
+    {'i', 1, PER_SLOT, "state", offsetof(Kernel, state)},
+    {'f', 8, PER_SLOT, "pos", offsetof(Kernel, pos)},
+    {'f', 8, PER_SLOT, "len", offsetof(Kernel, len)},
+    {'f', 8, PER_SLOT, "rate", offsetof(Kernel, rate)},
+    {'f', 8, PER_SLOT, "gain", offsetof(Kernel, gain)},
+    {'f', 8, PER_SLOT, "cur_l", offsetof(Kernel, cur_l)},
+    {'f', 8, PER_SLOT, "cur_r", offsetof(Kernel, cur_r)},
+    {'i', 2, PER_SLOT, "channel", offsetof(Kernel, channel)},
+    {'f', 8, PER_SLOT, "rel_len", offsetof(Kernel, rel_len)},
+    {'f', 8, PER_SLOT, "rel_left", offsetof(Kernel, rel_left)},
+    {'i', 8, PER_SLOT, "gen", offsetof(Kernel, gen)},
+    {'f', 8, PER_CHANNEL, "ch_gain", offsetof(Kernel, ch_gain)},
+    {'f', 8, PER_CHANNEL, "ch_pan_l", offsetof(Kernel, ch_pan_l)},
+    {'f', 8, PER_CHANNEL, "ch_pan_r", offsetof(Kernel, ch_pan_r)},
+    {'f', 4, PER_2FRAMES, "lr", offsetof(Kernel, lr)},
+    {'f', 4, PER_FRAME, "ramp", offsetof(Kernel, ramp)},
+    {'i', 8, PER_SLOT, "end_slot", offsetof(Kernel, end_slot)},
+    {'i', 1, PER_SLOT, "end_kind", offsetof(Kernel, end_kind)},
+    {'f', 8, THREE, "info", offsetof(Kernel, info)},
+};
+
 /* A buffer's format without its byte-order prefix ("<f" and "=f" are "f"). */
 static const char *plain_format(const char *fmt)
 {
@@ -68,11 +100,12 @@ static const char *plain_format(const char *fmt)
     return fmt;
 }
 
-/* A buffer of ``count`` or more items of ``kind`` ('i' integer, 'f' float) and ``itemsize``. */
-static int take(Kernel *self, PyObject *obj, int kind, Py_ssize_t itemsize, Py_ssize_t count,
-                const char *name, void **out)
+/* Binds the field of ``spec`` to ``obj``'s buffer, checked against the spec. */
+static int take(Kernel *self, PyObject *obj, const Spec *spec)
 {
     Py_buffer *view = &self->buf[self->n_buf];
+    Py_ssize_t counts[] = {self->slots, N_CHANNELS, self->block, 2 * self->block, 3};
+    Py_ssize_t count = counts[spec->count], itemsize = spec->itemsize;
     const char *fmt;
     char c;
     if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_FORMAT | PyBUF_C_CONTIGUOUS) < 0)
@@ -81,14 +114,14 @@ static int take(Kernel *self, PyObject *obj, int kind, Py_ssize_t itemsize, Py_s
     fmt = plain_format(view->format);
     c = fmt[0];
     if (c == '\0' || fmt[1] != '\0' || view->itemsize != itemsize
-            || (kind == 'f' && c != 'f' && c != 'd')
-            || (kind == 'i' && strchr("bBhHiIlLqQ?", c) == NULL)
+            || (spec->kind == 'f' && c != 'f' && c != 'd')
+            || (spec->kind == 'i' && strchr("bBhHiIlLqQ?", c) == NULL)
             || view->len / itemsize < count) {
         PyErr_Format(PyExc_ValueError, "Kernel: %s must hold %zd items of %zd bytes (%c)",
-                     name, count, itemsize, kind);
+                     spec->name, count, itemsize, spec->kind);
         return -1;
     }
-    *out = view->buf;
+    *(void **)((char *)self + spec->field) = view->buf;
     return 0;
 }
 
@@ -109,49 +142,26 @@ static void Kernel_dealloc(Kernel *self)
 
 static int Kernel_init(Kernel *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *o[N_BUF], *notes;
-    Py_ssize_t S, B;
+    PyObject *notes, *arrays;
+    Py_ssize_t S, B, k;
     (void)kwds;
     if (self->n_buf || self->notes) {
         PyErr_SetString(PyExc_RuntimeError, "Kernel: already bound");
         return -1;
     }
-    if (!PyArg_ParseTuple(args, "nnOOOOOOOOOOOOOOOOOOOO:Kernel", &S, &B,
-                          &o[B_STATE], &o[B_POS], &o[B_LEN], &o[B_RATE], &o[B_GAIN], &o[B_CUR_L],
-                          &o[B_CUR_R], &o[B_CHANNEL], &o[B_REL_LEN], &o[B_REL_LEFT], &o[B_GEN],
-                          &notes, &o[B_CH_GAIN], &o[B_CH_PAN_L], &o[B_CH_PAN_R], &o[B_LR],
-                          &o[B_RAMP], &o[B_END_SLOT], &o[B_END_KIND], &o[B_INFO]))
+    if (!PyArg_ParseTuple(args, "nnO!O!:Kernel", &S, &B, &PyList_Type, &notes, &PyTuple_Type,
+                          &arrays))
         return -1;
-    if (S < 1 || B < 1) {
-        PyErr_SetString(PyExc_ValueError, "Kernel: slots and block must be positive");
-        return -1;
-    }
-    if (!PyList_Check(notes) || PyList_GET_SIZE(notes) != S) {
-        PyErr_SetString(PyExc_TypeError, "Kernel: notes must be a list of one item per slot");
+    if (S < 1 || B < 1 || PyList_GET_SIZE(notes) != S || PyTuple_GET_SIZE(arrays) != N_BUF) {
+        PyErr_Format(PyExc_ValueError, "Kernel: slots and block > 0, a note per slot and %d "
+                     "arrays", N_BUF);
         return -1;
     }
     self->slots = S;
     self->block = B;
-    if (take(self, o[B_STATE], 'i', 1, S, "state", (void **)&self->state)
-            || take(self, o[B_POS], 'f', 8, S, "pos", (void **)&self->pos)
-            || take(self, o[B_LEN], 'f', 8, S, "len", (void **)&self->len)
-            || take(self, o[B_RATE], 'f', 8, S, "rate", (void **)&self->rate)
-            || take(self, o[B_GAIN], 'f', 8, S, "gain", (void **)&self->gain)
-            || take(self, o[B_CUR_L], 'f', 8, S, "cur_l", (void **)&self->cur_l)
-            || take(self, o[B_CUR_R], 'f', 8, S, "cur_r", (void **)&self->cur_r)
-            || take(self, o[B_CHANNEL], 'i', 2, S, "channel", (void **)&self->channel)
-            || take(self, o[B_REL_LEN], 'f', 8, S, "rel_len", (void **)&self->rel_len)
-            || take(self, o[B_REL_LEFT], 'f', 8, S, "rel_left", (void **)&self->rel_left)
-            || take(self, o[B_GEN], 'i', 8, S, "gen", (void **)&self->gen)
-            || take(self, o[B_CH_GAIN], 'f', 8, N_CHANNELS, "ch_gain", (void **)&self->ch_gain)
-            || take(self, o[B_CH_PAN_L], 'f', 8, N_CHANNELS, "ch_pan_l", (void **)&self->ch_pan_l)
-            || take(self, o[B_CH_PAN_R], 'f', 8, N_CHANNELS, "ch_pan_r", (void **)&self->ch_pan_r)
-            || take(self, o[B_LR], 'f', 4, 2 * B, "lr", (void **)&self->lr)
-            || take(self, o[B_RAMP], 'f', 4, B, "ramp", (void **)&self->ramp)
-            || take(self, o[B_END_SLOT], 'i', 8, S, "end_slot", (void **)&self->end_slot)
-            || take(self, o[B_END_KIND], 'i', 1, S, "end_kind", (void **)&self->end_kind)
-            || take(self, o[B_INFO], 'f', 8, 3, "info", (void **)&self->info))
-        return -1;
+    for (k = 0; k < N_BUF; k++)
+        if (take(self, PyTuple_GET_ITEM(arrays, k), &SPECS[k]) < 0)
+            return -1;
     Py_INCREF(notes);
     self->notes = notes;
     self->seen = PyMem_Calloc(S, sizeof(PyObject *));
@@ -430,9 +440,10 @@ static PyMethodDef Kernel_methods[] = {
 };
 
 PyDoc_STRVAR(Kernel_doc,
-"Kernel(slots, block, state, pos, len, rate, gain, cur_l, cur_r, channel, rel_len, rel_left,\n"
-"       gen, notes, ch_gain, ch_pan_l, ch_pan_r, lr, ramp, end_slot, end_kind, info)\n\n"
-"Bound to a `Mixer`'s voice table (numpy arrays, held until the kernel is freed).");
+"Kernel(slots, block, notes, arrays)\n\n"
+"Bound to a `Mixer`'s voice table: ``notes`` its list of note arrays, ``arrays`` the tuple\n"
+"(state, pos, len, rate, gain, cur_l, cur_r, channel, rel_len, rel_left, gen, ch_gain,\n"
+"ch_pan_l, ch_pan_r, lr, ramp, end_slot, end_kind, info), held until the kernel is freed.");
 
 static PyTypeObject KernelType = {
     PyVarObject_HEAD_INIT(NULL, 0)

@@ -6,7 +6,16 @@ the audio callback drains them at the start of each block.  Events cross through
 audio thread has finished with go back through a second deque, drained by `Mixer.collect` on
 the control thread, so no note array is ever freed on the audio thread.
 
-Mixing: each sounding voice writes its block of samples into one row of a preallocated matrix
+Mixing, compiled (the default where it was built): `_mixc.Kernel` is bound to the voice table's
+arrays once and mixes a whole block in one C call -- per voice a slice copy or a linear
+interpolation, its release envelope, its gains ramping across the block into the left and right
+sums, its position and release moved on -- then applies the limiter's gain and soft knee.  In a
+stream each callback finds its caches cold, and the numpy path's ~50 calls a block cost more
+than the voices themselves: 128 voices, one callback a period, p99 ~5% of a 256-frame period
+against ~13-25% (bench/RESULTS.md).  Python keeps the events, the frees and the limiter's state.
+
+Mixing, numpy (the fallback, and the reference the tests compare the compiled block with): each
+sounding voice writes its block of samples into one row of a preallocated matrix
 ``V[voice, frame]`` (a slice copy at rate 1, a linear interpolation at any other rate, i.e. pitch
 bend as varispeed); release envelopes multiply the rows; then one matrix product
 ``coef[4, K] @ V[K, n]`` gives the left and right mixes with every voice's gain ramping linearly
@@ -246,11 +255,11 @@ class Mixer:
         self._info = np.zeros(3, np.float64)
         self._kernel = None
         if kernel != "numpy" and _mixc is not None:
-            self._kernel = _mixc.Kernel(
-                S, B, self.v_state, self.v_pos, self.v_len, self.v_rate, self.v_gain,
-                self.v_cur_l, self.v_cur_r, self.v_channel, self.v_rel_len, self.v_rel_left,
-                self.v_gen, self.v_note, self.ch_gain, self.ch_pan_l, self.ch_pan_r, self._M,
-                self._ramp, self._end_slot, self._end_kind, self._info)
+            self._kernel = _mixc.Kernel(S, B, self.v_note, (
+                self.v_state, self.v_pos, self.v_len, self.v_rate, self.v_gain, self.v_cur_l,
+                self.v_cur_r, self.v_channel, self.v_rel_len, self.v_rel_left, self.v_gen,
+                self.ch_gain, self.ch_pan_l, self.ch_pan_r, self._M, self._ramp, self._end_slot,
+                self._end_kind, self._info))
         self.kernel = "compiled" if self._kernel is not None else "numpy"
 
         # limiter and counters
@@ -622,7 +631,7 @@ class Mixer:
                     self.voice_errors += 1
                     self._last_error = ValueError(
                         f"voice {i}: " + ("voice state, position, rate or gain out of range"
-                                          if kind == 2 else "its note is not a float32 array"))
+                                          if kind == 2 else "its note is not a contiguous float32 array of its length"))
                 self._free(i)
         info = self._info
         self.sounding_voices, self.active_voices = int(info[1]), int(info[2])

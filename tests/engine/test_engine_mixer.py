@@ -244,26 +244,29 @@ def test_calm_blocks_mix_exactly_as_the_full_path():
         calm += used and self is fast
         return used
 
-    for b in range(600):
-        events = _random_events(rng, notes)
-        frames = BLOCK if b % 97 else 3 * BLOCK // 2
-        outs = []
-        for mixer in (fast, full):
-            for ev in events:
-                mixer.post(ev)
-            out = np.empty((frames, 2), np.float32)
-            Mixer._calm_block = counting
-            try:
-                mixer.callback(out, frames, None, None)
-            finally:
-                Mixer._calm_block = original
-            outs.append(out)
-        sounding += fast.sounding_voices > 0
-        np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"block {b}")
-        for name in ("v_state", "v_pos", "v_rel_left", "v_cur_l", "v_cur_r"):
-            np.testing.assert_array_equal(getattr(fast, name), getattr(full, name), err_msg=name)
+    Mixer._calm_block = counting
+    try:
+        for b in range(600):
+            outs = _one_block((fast, full), _random_events(rng, notes), BLOCK if b % 97 else 3 * BLOCK // 2)
+            sounding += fast.sounding_voices > 0
+            np.testing.assert_array_equal(outs[0], outs[1], err_msg=f"block {b}")
+            for name in ("v_state", "v_pos", "v_rel_left", "v_cur_l", "v_cur_r"):
+                np.testing.assert_array_equal(getattr(fast, name), getattr(full, name), err_msg=name)
+    finally:
+        Mixer._calm_block = original
     assert fast.errors == full.errors == 0 and fast.voice_errors == full.voice_errors == 0
     assert sounding > 500 and calm > 300, (sounding, calm)    # most blocks took the calm path
+
+
+def _one_block(mixers, events, frames: int) -> list:
+    """Posts the same events to each mixer, then mixes one block of ``frames`` with each."""
+    outs = []
+    for mixer in mixers:
+        for ev in events:
+            mixer.post(ev)
+        outs.append(np.empty((frames, 2), np.float32))
+        mixer.callback(outs[-1], frames, None, None)
+    return outs
 
 
 def _random_events(rng, notes, share=0.08) -> list:
@@ -301,15 +304,8 @@ def test_compiled_block_mixes_as_the_numpy_path(curve):
     assert compiled.kernel == "compiled" and numpy_.kernel == "numpy"
     sounding = releasing = 0
     for b in range(600):
-        events = _random_events(rng, notes, share=0.1)
-        frames = BLOCK if b % 97 else 3 * BLOCK // 2
-        outs = []
-        for mixer in (compiled, numpy_):
-            for ev in events:
-                mixer.post(ev)
-            out = np.empty((frames, 2), np.float32)
-            mixer.callback(out, frames, None, None)
-            outs.append(out)
+        outs = _one_block((compiled, numpy_), _random_events(rng, notes, share=0.1),
+                          BLOCK if b % 97 else 3 * BLOCK // 2)
         np.testing.assert_allclose(outs[0], outs[1], rtol=0, atol=2e-6, err_msg=f"block {b}")
         for name in ("v_state", "v_pos", "v_rel_left", "v_cur_l", "v_cur_r"):
             np.testing.assert_array_equal(getattr(compiled, name), getattr(numpy_, name), err_msg=name)
