@@ -224,8 +224,7 @@ class Capture:
         return self.since(frame, until).mean(axis=1)
 
     def close(self):
-        self.client.deactivate()
-        self.client.close()
+        close_client(self.client)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,8 +322,27 @@ class MidiSender:
         return bytes([0xE0 | channel, v & 0x7F, v >> 7])
 
     def close(self):
-        self.client.deactivate()
-        self.client.close()
+        close_client(self.client)
+
+
+def close_client(client, deactivate=True, timeout=5.0) -> bool:
+    """Deactivates and closes a JACK client, waiting ``timeout`` s at most: jack_client_close
+    once blocked a soak for 8 minutes (the bench of 2026-12-04, an RtMidiSender's client).  A
+    client left behind is freed when its server stops, as the bench's servers do after it."""
+    name = client.name
+
+    def close():
+        if deactivate:
+            client.deactivate()
+        client.close()
+
+    closer = threading.Thread(target=close, daemon=True, name="jack-close")
+    closer.start()
+    closer.join(timeout)
+    if closer.is_alive():
+        print(f"bench: closing JACK client {name!r} took over {timeout:g} s; going on without it",
+              file=sys.stderr, flush=True)
+    return not closer.is_alive()
 
 
 class RtMidiSender:
@@ -365,7 +383,7 @@ class RtMidiSender:
     def close(self):
         self.out.close_port()
         del self.out
-        self.client.close()
+        close_client(self.client, deactivate=False)
 
 
 # ---------------------------------------------------------------------------------------------

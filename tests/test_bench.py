@@ -453,3 +453,36 @@ def test_soak_schedule_strikes_at_once_then_every_3_s_with_program_changes_every
     assert [(t, m) for t, m in sent if m[0] == "program"] == [(0.0, ("program", mixer.PROGRAM_CHANNEL, 7)),
                                                               (4.0, ("program", mixer.PROGRAM_CHANNEL, 9))]
     assert programs == 2 and 64 <= len(seen) <= 66 and set(seen) == {128}    # a sample each 0.1 s
+
+
+def test_close_client_gives_up_on_a_close_that_blocks(capsys):
+    """A JACK client's close that never returns (seen once in a soak) is left behind after the
+    timeout instead of stopping the bench; one that returns is closed and deactivated first."""
+    import threading as _threading
+    from bench import jack_rig
+
+    class Client:
+        name = "stuck"
+
+        def __init__(self, block):
+            self.calls, self.block = [], block
+
+        def deactivate(self):
+            self.calls.append("deactivate")
+
+        def close(self):
+            self.calls.append("close")
+            if self.block:
+                self.block.wait()
+
+    release = _threading.Event()
+    stuck = Client(release)
+    t0 = time.perf_counter()
+    assert jack_rig.close_client(stuck, timeout=0.2) is False
+    assert 0.2 <= time.perf_counter() - t0 < 2.0
+    assert "closing JACK client 'stuck' took over 0.2 s" in capsys.readouterr().err
+    release.set()
+    fine = Client(None)
+    assert jack_rig.close_client(fine) is True and fine.calls == ["deactivate", "close"]
+    assert jack_rig.close_client(fine, deactivate=False) and fine.calls[2:] == ["close"]
+

@@ -338,3 +338,40 @@ def test_compiled_kernel_follows_a_slots_new_note(kernel):
     mixer.v_note[int(np.flatnonzero(mixer.v_state == ACTIVE)[0])] = swapped
     out = run(mixer, blocks=2)
     np.testing.assert_allclose(out[:, 0], swapped[4 * BLOCK:6 * BLOCK], atol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")    # numpy's, on the NaN written in
+def test_survives_random_tampering_with_the_voice_table(kernel):
+    """2,000 blocks with a random field of a random slot overwritten before each (NaN, inf,
+    negative, huge, out-of-range states and channels, notes swapped for shorter, strided,
+    integer or non-array objects): the callback never raises, the output stays finite and within
+    full scale, and a bad voice is killed alone.  (The compiled block reads notes through
+    pointers: run under AddressSanitizer, this is its out-of-bounds check.)"""
+    rng = np.random.default_rng(3)
+    mixer = make_mixer(polyphony=16, kernel=kernel)
+    notes = [sine_note(50 + i, seconds=0.5) for i in range(4)]
+    values = [np.nan, np.inf, -np.inf, -1.0, 0.0, 0.5, 1.0, 1e9, -1e9, 3.7, 1e-9]
+    swaps = [None, "x", np.zeros(10, np.float32), np.zeros(50000, np.float64),
+             np.zeros(100000, np.float32)[::2], np.zeros(30000, np.int16), notes[0]]
+    fields = ("v_pos", "v_len", "v_rate", "v_gain", "v_rel_len", "v_rel_left", "v_cur_l")
+    out = np.empty((BLOCK, 2), np.float32)
+    for b in range(2000):
+        if rng.random() < 0.3:
+            mixer.post(NoteOn(int(rng.integers(0, 16)), int(rng.integers(30, 90)),
+                              notes[int(rng.integers(0, 4))], rate=float(rng.choice([1.0, 0.7, 1.9]))))
+        if rng.random() < 0.05:
+            mixer.post(NoteOff(int(rng.integers(0, 16)), int(rng.integers(30, 90))))
+        i, what = int(rng.integers(0, mixer.n_slots)), int(rng.integers(0, 10))
+        if what < 7:
+            getattr(mixer, fields[what])[i] = float(rng.choice(values))
+        elif what == 7:
+            mixer.v_state[i] = int(rng.integers(-3, 6))
+        elif what == 8:
+            mixer.v_channel[i] = int(rng.integers(-40, 40))
+        else:
+            mixer.v_note[i] = swaps[int(rng.integers(0, len(swaps)))]
+        out.fill(7.0)
+        mixer.callback(out, BLOCK, None, None)
+        assert np.isfinite(out).all() and np.abs(out).max() <= 1.0, f"block {b}"
+        mixer.collect()
+    assert mixer.voice_errors > 100 and mixer.callbacks == 2000
