@@ -57,6 +57,8 @@ FREE, ACTIVE, RELEASED, FADING = 0, 1, 2, 3
 KERNELS = ("compiled", "numpy") if _mixc is not None else ("numpy",)   # built; 'auto' takes the first
 N_CHANNELS = 16
 _EXP_DEPTH = math.log(1000.0)   # exponential release: -60 dB shape, reaches 0 at its end
+_BAD_STATE = "voice state, position, rate or gain out of range"
+_BAD_NOTE = "its note is not a contiguous float32 array of its length"
 
 
 # ---------------------------------------------------------------------------------------- events
@@ -624,15 +626,12 @@ class Mixer:
         """The block in one call (`_mixc.Kernel.mix`): the same voices, gains, envelopes and
         positions as the numpy path below; what ends is freed here, on the Python side."""
         ended = self._kernel.mix(n, self.release_curve == "exp")
-        if ended:
-            slots, kinds = self._end_slot[:ended].tolist(), self._end_kind[:ended].tolist()
-            for i, kind in zip(slots, kinds):
-                if kind != 1:
-                    self.voice_errors += 1
-                    self._last_error = ValueError(
-                        f"voice {i}: " + ("voice state, position, rate or gain out of range"
-                                          if kind == 2 else "its note is not a contiguous float32 array of its length"))
-                self._free(i)
+        if ended:        # kind 1: played to its end; 2, 3: bad, not mixed
+            for i, kind in zip(self._end_slot[:ended].tolist(), self._end_kind[:ended].tolist()):
+                if kind == 1:
+                    self._free(i)
+                else:
+                    self._kill(i, _BAD_STATE if kind == 2 else _BAD_NOTE)
         info = self._info
         self.sounding_voices, self.active_voices = int(info[1]), int(info[2])
         LR = self._M[:2 * n].reshape(2, n)
@@ -707,7 +706,7 @@ class Mixer:
         np.logical_not(ok, out=m)
         np.logical_and(m, live, out=m)
         if m.any():
-            self._kill_where(m, "voice state, position, rate or gain out of range")
+            self._kill_where(m, _BAD_STATE)
             np.logical_and(live, ok, out=live)
         # samples left this block: nv = min(n, floor((length - 1 - pos) / rate) + 1)
         nv = self._nv
@@ -833,9 +832,12 @@ class Mixer:
 
     def _kill_where(self, m, why: str) -> None:
         for i in np.flatnonzero(m).tolist():
-            self.voice_errors += 1
-            self._last_error = ValueError(f"voice {i}: {why}")
-            self._free(i)
+            self._kill(i, why)
+
+    def _kill(self, i: int, why: str) -> None:
+        self.voice_errors += 1
+        self._last_error = ValueError(f"voice {i}: {why}")
+        self._free(i)
 
     def _free_where(self, m) -> None:
         for i in np.flatnonzero(m).tolist():
