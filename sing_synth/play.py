@@ -101,6 +101,13 @@ def add_arguments(p) -> None:
                    help="torch device SING renders on: cpu, cuda, cuda:N, mps, auto (default)")
     g.add_argument("--cache-mb", type=_positive(float, "--cache-mb"), default=512.0,
                    help="note cache size in MiB (default 512)")
+    g.add_argument("--note-store", default=None, metavar="DIR",
+                   help="folder where rendered notes are kept across sessions, so that a note "
+                        "rendered once is read back instead of rendered again (default: "
+                        "~/.cache/sing-synth/notes); 'off': none")
+    g.add_argument("--note-store-mb", type=_positive(float, "--note-store-mb"), default=2048.0,
+                   help="bound of the note store in MiB, all models together; the least recently "
+                        "used notes go first (default 2048: ~8,000 notes)")
     g.add_argument("--raw-levels", action="store_true",
                    help="play the model's raw levels, without the checkpoint's level calibration "
                         "(which brings each instrument to its training notes' level)")
@@ -188,6 +195,21 @@ def _checkpoint_path(args) -> Path:
     return path
 
 
+def _open_store(renderer, args, checkpoint) -> None:
+    """The note store (``--note-store``): rendered notes kept on disk across sessions.  A folder
+    that cannot be made or read leaves the instrument without one, with a note saying so."""
+    from .engine.store import default_root, file_id
+    where = getattr(args, "note_store", None)
+    if where == "off" or not isinstance(checkpoint, (str, Path)):
+        return
+    try:
+        renderer.open_store(Path(where) if where else default_root(), file_id(checkpoint),
+                            getattr(args, "note_store_mb", 2048.0))
+    except OSError as exc:
+        print(f"sing-synth: note: no note store ({exc}): every note is rendered",
+              file=sys.stderr, flush=True)
+
+
 def _mixer_kernel(asked: str) -> str:
     """The `Mixer` kernel for ``--mixer``; a note when 'auto' finds no compiled block."""
     from .engine.mixer import KERNELS
@@ -226,6 +248,7 @@ class Instrument:
                                          cache_mb=args.cache_mb,
                                          threads=getattr(args, "render_threads", None),
                                          levels=not getattr(args, "raw_levels", False))
+            _open_store(self.renderer, args, checkpoint)
         self.probe = LatencyProbe(self.renderer)
         self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(blocksize or args.blocksize)),
                            polyphony=args.polyphony, master_gain=args.gain,
@@ -284,8 +307,10 @@ class Instrument:
         c = self.controller.counts
         last = self.probe.last_ms
         latency = "-" if last is None else f"{last + 1000.0 * self.output_latency:.1f}ms"
+        store = r.get("store")
+        store = "" if store is None else f"stored={store['store_mb']:.0f}/{store['store_limit_mb']:.0f}MB "
         return (f"voices={m.active_voices} cache={r['cache_mb']:.0f}/{r['cache_limit_mb']:.0f}MB "
-                f"notes={r['cached_notes']} prewarm={r.get('prewarm_done', 0)}/{r.get('prewarm_total', 0)} "
+                f"notes={r['cached_notes']} {store}prewarm={r.get('prewarm_done', 0)}/{r.get('prewarm_total', 0)} "
                 f"xruns={m.xruns} dsp={self.dsp()} latency={latency} "
                 f"midi={c['messages']} malformed={c['malformed']}")
 
@@ -415,6 +440,7 @@ def render_midi(inst: Instrument, midi_path, blocksize=256, presets=None, preset
     elapsed = time.perf_counter() - t0
     return out, {"seconds": pos / rate, "wall_s": elapsed, "render_s": t_render,
                  "notes": len(recorder.keys), "rendered": inst.renderer.status()["rendered"],
+                 "stored": inst.renderer.status().get("stored", 0),
                  "errors": mixer.errors + mixer.voice_errors}
 
 
@@ -437,7 +463,8 @@ def run_offline(args, midi_path, out_path, presets, preset, checkpoint, rate, no
     _write_wav(out_path, audio, rate)
     speed = stats["seconds"] / max(stats["wall_s"], 1e-9)
     print(f"{out_path}: {stats['seconds']:.2f} s of audio at {rate} Hz, {stats['rendered']} notes rendered, "
-          f"{stats['wall_s']:.2f} s ({speed:.1f}x real time)", flush=True)
+          f"{stats['stored']} read from the note store, {stats['wall_s']:.2f} s ({speed:.1f}x real time)",
+          flush=True)
     return 0
 
 

@@ -65,3 +65,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def own_note_store(tmp_path, monkeypatch):
+    """Each test (and the synths it starts) keeps its note store in its own folder: none writes
+    to ~/.cache, and a note a test renders is never one an earlier test left on disk."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))

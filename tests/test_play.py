@@ -158,15 +158,36 @@ def test_render_midi_with_a_tiny_sing_checkpoint(tmp_path, capsys):
     song.tracks.append(track)
     song.save(str(tmp_path / "song.mid"))
     out = tmp_path / "song.wav"
-    code = play.main(["--checkpoint", str(ckpt), "--presets-dir", str(presets), "--preset", "keys",
-                      "--render-device", "cpu", "--samplerate", "16000", "--gain", "1",
-                      "--render-midi", str(tmp_path / "song.mid"), "-o", str(out)])
+    argv = ["--checkpoint", str(ckpt), "--presets-dir", str(presets), "--preset", "keys",
+            "--render-device", "cpu", "--samplerate", "16000", "--gain", "1",
+            "--render-midi", str(tmp_path / "song.mid"), "-o", str(out)]
+    code = play.main(argv)
     captured = capsys.readouterr()
     assert code == 0, captured.err
-    assert " 2 notes rendered" in captured.out, captured.out    # the file's notes, no preset prewarm
+    # the file's notes, no preset prewarm
+    assert " 2 notes rendered, 0 read from the note store" in captured.out, captured.out
     audio, rate = soundfile.read(out)
     assert rate == 16000 and len(audio) >= 0.5 * rate
     assert np.isfinite(audio).all() and np.abs(audio[: rate // 2]).max() > 1e-3
+    # again: both notes come back from the note store (~/.cache, here the test's own), and the
+    # file is the same; at 48 kHz too (the store keeps the model's rate)
+    store = tmp_path / "xdg-cache" / "sing-synth" / "notes"
+    assert len(list(store.glob("*/*/*.npy"))) == 2
+    again = tmp_path / "again.wav"
+    assert play.main(argv[:-1] + [str(again)]) == 0
+    assert " 0 notes rendered, 2 read from the note store" in capsys.readouterr().out
+    np.testing.assert_array_equal(soundfile.read(again)[0], audio)
+    assert play.main(argv[:-4] + ["--samplerate", "48000", "--render-midi", str(tmp_path / "song.mid"),
+                                  "-o", str(again)]) == 0
+    assert " 0 notes rendered, 2 read from the note store" in capsys.readouterr().out
+    # off: rendered again, nothing read
+    assert play.main(argv[:-1] + [str(again), "--note-store", "off"]) == 0
+    assert " 2 notes rendered, 0 read from the note store" in capsys.readouterr().out
+    # a store that cannot be made: one note line, and the notes rendered
+    (tmp_path / "blocked").write_bytes(b"")
+    assert play.main(argv[:-1] + [str(again), "--note-store", str(tmp_path / "blocked")]) == 0
+    captured = capsys.readouterr()
+    assert "note: no note store" in captured.err and " 2 notes rendered" in captured.out
 
 
 def test_list_presets_lists_the_shipped_ones(capsys):

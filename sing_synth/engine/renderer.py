@@ -48,6 +48,7 @@ from ..checkpoint import Checkpoint, load_checkpoint
 from ..device import resolve_device
 from ..fast import FastRenderer, GraphedRenderer, best_dtype
 from ..levels import checkpoint_levels
+from .store import NoteStore
 
 URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
@@ -150,7 +151,7 @@ class WorkerQueue:
     """What the note renderers (`NoteRenderer`, `tone.ToneRenderer`) share around their one
     worker thread: the request and prewarm queue (urgent ahead of prewarm), the ready callbacks,
     waiting for the worker to go idle, closing.  A subclass sets up ``_cond``, ``_heap``,
-    ``_queued``, ``_seq``, ``_in_flight``, ``_requested_at``, ``_cache``, ``_counts``,
+    ``_queued``, ``_seq``, ``_in_flight``, ``_busy``, ``_requested_at``, ``_cache``, ``_counts``,
     ``_prewarm_pending/_done/_total``, ``_last_error``, ``_closed`` and ``_thread``, and gives
     ``check_key``; its worker takes keys off ``_heap``."""
 
@@ -301,7 +302,7 @@ class WorkerQueue:
         """Blocks until nothing is queued or rendering; False on timeout (tests, benchmarks)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self._queued or self._in_flight:
+            while self._queued or self._in_flight or self._busy:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
@@ -354,6 +355,8 @@ class NoteRenderer(WorkerQueue):
             thread) instead of in steps (default: on CUDA).  On an H100 a whole small note takes
             ~2 ms from a graph, where the eager head alone took ~6 ms of kernel launches; an
             urgent note's head is still handed over before the rest is resampled.
+        store: a `store.NoteStore` (see `open_store`): each note is looked up there before it
+            is rendered, and every note rendered is written there, for this and later sessions.
 
     Batches: an urgent batch holds urgent requests only (so a key pressed now never waits for
     prewarm notes rendered with it); a prewarm batch holds prewarm requests.  A prewarm batch
@@ -370,7 +373,7 @@ class NoteRenderer(WorkerQueue):
     def __init__(self, checkpoint, device=None, stream_rate=48000, cache_mb=512, batch_size=8,
                  on_ready=None, dtype=None, prewarm_batch_size=None, threads=None,
                  lstm_chunks=LSTM_CHUNKS, decoder_chunk=DECODER_CHUNK, head_frames=HEAD_FRAMES,
-                 urgent_lane=None, graphs=None, levels=True):
+                 urgent_lane=None, graphs=None, levels=True, store=None):
         if isinstance(checkpoint, (str, Path)):
             checkpoint = load_checkpoint(checkpoint)
         if not isinstance(checkpoint, Checkpoint):
@@ -397,6 +400,7 @@ class NoteRenderer(WorkerQueue):
         self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
         self._graphed = {}                 # thread id -> its GraphedRenderer (static buffers)
         self.note_length = int(round(self.config.length * self.stream_rate / self.model_rate))
+        self.store = store
 
         self._callbacks = [on_ready] if on_ready is not None else []
         self._cond = threading.Condition()
@@ -404,6 +408,7 @@ class NoteRenderer(WorkerQueue):
         self._queued: dict = {}            # key -> priority of its live heap entry
         self._seq = itertools.count()
         self._in_flight: set = set()
+        self._busy = 0                     # batches being read, rendered or written
         self._requested_at: dict = {}      # key -> perf_counter of its first urgent request
         self._cache: OrderedDict = OrderedDict()
         self._filling: dict = {}           # key -> note whose head is out and rest rendering
@@ -413,7 +418,7 @@ class NoteRenderer(WorkerQueue):
         self._prewarm_done = 0
         self._prewarm_total = 0
         self._urgent_delays = deque(maxlen=4096)   # seconds, request -> ready
-        self._counts = dict(hits=0, misses=0, rendered=0, evictions=0, errors=0, batches=0)
+        self._counts = dict(hits=0, misses=0, rendered=0, stored=0, evictions=0, errors=0, batches=0)
         self._last_error = None
         self._last_batch_s = None
         self._last_batch_n = 0
@@ -431,6 +436,15 @@ class NoteRenderer(WorkerQueue):
                                         daemon=True)] if urgent_lane else []
         for thread in [self._thread, *self._lanes]:
             thread.start()
+
+    def open_store(self, root, checkpoint_id: str, limit_mb: float = 2048) -> NoteStore:
+        """Opens the note store of this model under ``root`` (`store.NoteStore`; ``checkpoint_id``:
+        `store.file_id` of the checkpoint file) and uses it from now on.  Its variant is what
+        else changes a note here: the compute dtype, and whether levels are applied.  Raises
+        OSError when the folder cannot be made."""
+        variant = f"{str(self.dtype).replace('torch.', '')}-{'levels' if self.levels is not None else 'raw'}"
+        self.store = NoteStore(root, checkpoint_id, variant, self.config.length, limit_mb)
+        return self.store
 
     # ------------------------------------------------------------------ keys
     def make_key(self, instrument, pitch: int, velocity: int) -> tuple:
@@ -518,6 +532,7 @@ class NoteRenderer(WorkerQueue):
                 "alive": self._thread.is_alive() and all(t.is_alive() for t in self._lanes),
                 "urgent_lane": bool(self._lanes),
                 **self._counts,
+                **({} if self.store is None else {"store": self.store.status()}),
             }
 
     # ------------------------------------------------------------------ worker
@@ -604,7 +619,21 @@ class NoteRenderer(WorkerQueue):
             nice.set(previous)
 
     def _run_steps(self, batch, preempt: bool) -> None:
-        notes = error = None
+        """``batch``'s notes from the note store, the rest rendered (`_render_steps`) and
+        written there; the renderer is not idle (`wait_idle`) before the writes are done."""
+        with self._cond:
+            self._busy += 1
+        try:
+            batch = self._from_store(batch)
+            if batch:
+                self._render_steps(batch, preempt)
+        finally:
+            with self._cond:
+                self._busy -= 1
+                self._cond.notify_all()
+
+    def _render_steps(self, batch, preempt: bool) -> None:
+        notes = error = waves = None
         filling = None
         spent = 0.0
         try:
@@ -643,7 +672,8 @@ class NoteRenderer(WorkerQueue):
                 waves = waves.float().cpu().numpy() * gains
                 spent += time.perf_counter() - t0
                 if filling is None:
-                    return self._deliver_each(batch, waves, spent)
+                    self._deliver_each(batch, waves, spent)
+                    return self._save(batch, waves)
                 t0 = time.perf_counter()
                 notes = [self._finish_note(f, w) for f, w in zip(filling, waves)]
                 spent += time.perf_counter() - t0
@@ -652,6 +682,38 @@ class NoteRenderer(WorkerQueue):
             for f in filling or ():
                 self._cut_note(f)
         self._deliver(batch, notes, error, started=filling is not None, timing=(spent, len(batch)))
+        if notes is not None:
+            self._save(batch, waves)
+
+    def _from_store(self, batch) -> list:
+        """Delivers the notes of ``batch`` that the note store has (a read and a resample, ~2 ms
+        a note, no model), a note that a pressed key waits for first; returns the keys left to
+        render."""
+        if self.store is None:
+            return batch
+        with self._cond:
+            batch = sorted(batch, key=lambda k: k not in self._requested_at)
+        left = []
+        for key in batch:
+            wave = None if self._closed else self.store.load(key)
+            if wave is None:
+                left.append(key)
+                continue
+            try:
+                note = self._prepare(wave)
+            except Exception as exc:   # reported, never kills the worker
+                self._deliver([key], None, exc)
+                continue
+            self._deliver([key], [note], None, source="stored")
+        return left
+
+    def _save(self, batch, waves) -> None:
+        """Writes the rendered notes (model rate, levels applied) to the note store, after they
+        were delivered: a key waits for no disk."""
+        if self.store is None or self._closed:
+            return
+        for key, wave in zip(batch, waves):
+            self.store.save(key, wave)
 
     def _deliver_each(self, batch, waves, spent: float) -> None:
         """Prepares a batch of whole notes and hands each over as soon as it is ready, a note that
@@ -768,11 +830,12 @@ class NoteRenderer(WorkerQueue):
                 return
             self._run(batch, preempt=False)
 
-    def _deliver(self, batch, notes, error, started=False, timing=None) -> None:
+    def _deliver(self, batch, notes, error, started=False, timing=None, source="rendered") -> None:
         """Stores the rendered notes, calls the ready callbacks (unless ``started``: they had the
         notes at their head, `_start_notes`), and takes ``batch`` out of flight (notes None:
         nothing rendered -- an error, or closing).  ``timing``: (seconds, notes) of the whole
-        batch, given with its last delivery."""
+        batch, given with its last delivery.  ``source``: the count they add to, "rendered" or
+        "stored" (read from the note store)."""
         ready = []
         with self._cond:
             callbacks = list(self._callbacks)
@@ -790,7 +853,7 @@ class NoteRenderer(WorkerQueue):
                         self._prewarm_done += 1
                     if not started:
                         ready.append((key, note))
-                self._counts["rendered"] += len(batch)
+                self._counts[source] += len(batch)
                 if timing is not None:
                     self._counts["batches"] += 1
                     self._last_batch_s, self._last_batch_n = timing

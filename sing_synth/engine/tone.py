@@ -94,6 +94,7 @@ class ToneRenderer(WorkerQueue):
         self._queued: dict = {}
         self._seq = itertools.count()
         self._in_flight: set = set()
+        self._busy = 0                     # (WorkerQueue.wait_idle: NoteRenderer writes after delivering)
         self._requested_at: dict = {}
         self._cache: OrderedDict = OrderedDict()
         self._cache_bytes = 0

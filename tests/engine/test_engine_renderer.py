@@ -388,3 +388,67 @@ def test_cancel_withdraws_urgent_requests_and_drop_prewarm_prewarms(tiny_checkpo
         assert status["prewarm_done"] == status["prewarm_total"] == 4
         assert status["rendered"] == 6 and status["queue"] == 0
         assert len(renderer.urgent_delays_ms) == 2       # withdrawn requests are not timed
+
+
+def test_notes_rendered_once_are_read_back_from_the_note_store(tiny_checkpoint, one_thread, tmp_path):
+    flute = instrument_key("flute")
+    prewarm = [(flute, p, 3) for p in prewarm_order((55, 65))]
+    urgent = (instrument_key({"violin": 0.5, "organ": 0.5}), 64, 1)
+    kwargs = dict(device="cpu", stream_rate=48000, cache_mb=64, dtype=torch.float32)
+    with NoteRenderer(tiny_checkpoint, **kwargs) as first:
+        store = first.open_store(tmp_path, "tiny", limit_mb=64)
+        assert first.request(urgent) is None
+        first.prewarm(prewarm)
+        assert first.wait_idle(timeout=60)
+        rendered = {key: first.get(key) for key in prewarm + [urgent]}
+        status = first.status()
+        assert status["rendered"] == len(rendered) and status["stored"] == 0
+        assert status["store"]["saved"] == len(rendered) and status["store"]["loaded"] == 0
+        assert store.folder.name == "v1-float32-raw"             # the tiny model has no calibration
+    recorder = Recorder()
+    with NoteRenderer(tiny_checkpoint, on_ready=recorder, **kwargs) as later:    # a later session
+        later.open_store(tmp_path, "tiny", limit_mb=64)
+        with later._cond:
+            later.prewarm(prewarm)
+            assert later.request(urgent) is None                # ahead of the prewarm, as ever
+        assert later.wait_idle(timeout=60)
+        assert recorder.keys[0] == urgent and sorted(recorder.keys[1:]) == sorted(prewarm)
+        status = later.status()
+        assert status["rendered"] == 0 and status["stored"] == len(rendered)
+        assert status["prewarm_done"] == len(prewarm) and status["last_urgent_ms"] is not None
+        for key, note in rendered.items():
+            again = later.get(key)
+            assert not again.flags.writeable and len(again) == later.note_length
+            if key == urgent:       # rendered head first: resampled in other pieces
+                np.testing.assert_allclose(again, note, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(again, note)
+    with NoteRenderer(tiny_checkpoint, **kwargs) as other_model:   # another checkpoint id
+        other_model.open_store(tmp_path, "another", limit_mb=64)
+        other_model.request(urgent)
+        assert other_model.wait_idle(timeout=60)
+        assert other_model.status()["rendered"] == 1 and other_model.status()["stored"] == 0
+
+
+def test_a_bad_stored_note_is_rendered_again(tiny_checkpoint, one_thread, tmp_path):
+    key = (instrument_key("organ"), 60, 2)
+    kwargs = dict(device="cpu", stream_rate=16000, dtype=torch.float32, urgent_lane=False)
+    with NoteRenderer(tiny_checkpoint, **kwargs) as first:
+        store = first.open_store(tmp_path, "tiny")
+        first.request(key)
+        assert first.wait_idle(timeout=60)
+        note = first.get(key)
+    store.path(key).write_bytes(b"\x93NUMPY garbage")
+    with NoteRenderer(tiny_checkpoint, **kwargs) as later:
+        later.open_store(tmp_path, "tiny")
+        later.request(key)
+        assert later.wait_idle(timeout=60)
+        status = later.status()
+        assert status["rendered"] == 1 and status["stored"] == 0 and status["errors"] == 0
+        assert status["store"]["bad"] == 1 and status["store"]["saved"] == 1
+        np.testing.assert_allclose(later.get(key), note, atol=1e-6)
+    with NoteRenderer(tiny_checkpoint, **kwargs) as third:          # written again, whole
+        third.open_store(tmp_path, "tiny")
+        third.request(key)
+        assert third.wait_idle(timeout=60)
+        assert third.status()["stored"] == 1
