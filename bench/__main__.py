@@ -30,6 +30,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 
 from . import common
@@ -105,9 +106,11 @@ def run_render(s, checkpoint) -> dict:
                                 gemm=gemm, progress=lambda r: log(f"  {r.size} b{r.batch} {r.label}: "
                                                                   f"{r.ms_per_note:.2f} ms/note"))
     prewarm = []
-    for threads in sorted({1, torch.get_num_threads()}):
-        log(f"  prewarm of one preset, {threads} render thread(s)")
-        prewarm.append(render.prewarm_benchmark(checkpoint, threads=threads))
+    with tempfile.TemporaryDirectory(prefix="singbench-store-") as store:
+        # one thread: writing the note store, then a new renderer reading it (a later session)
+        for threads, folder in [(1, store), (1, store)] + [(n, None) for n in {torch.get_num_threads()} - {1}]:
+            log(f"  prewarm of one preset, {threads} render thread(s), note store {'on' if folder else 'off'}")
+            prewarm.append(render.prewarm_benchmark(checkpoint, threads=threads, store=folder))
     text = "\n".join([
         f"- {render.gemm_line(gemm, gemm_n, device)}",
         f"- {render.flops_line(s['sizes'])}",
@@ -119,7 +122,9 @@ def run_render(s, checkpoint) -> dict:
         "",
         "Prewarm of one preset through `engine.NoteRenderer` (the live path: every velocity layer "
         "of the preset's range, resampled to 48 kHz), a key of another instrument pressed every "
-        "0.25 s meanwhile; its delay is request -> note ready:",
+        "0.25 s meanwhile; its delay is request -> note ready.  Note store 'written': an empty "
+        "store, every note rendered and written; 'read': a new renderer on that store, as the "
+        "next session of the instrument (each note read from disk and resampled, no model):",
         "",
         "\n".join("\n".join(render.prewarm_markdown(r).splitlines()[(0 if i == 0 else 2):])
                   for i, r in enumerate(prewarm)),

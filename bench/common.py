@@ -167,10 +167,13 @@ def jack_server(period: int, rate: int = 48000, log_dir=None, verbose=False):
         server.stop()
 
 
-def sing_command(checkpoint, period, name, *extra, audio_api="jack", rate=48000) -> list:
-    """run_synth.py's arguments for a benchmark run on the JACK server."""
+def sing_command(checkpoint, period, name, *extra, audio_api="jack", rate=48000, store="off") -> list:
+    """run_synth.py's arguments for a benchmark run on the JACK server.  ``store``: the note
+    store's folder; off by default, so that a note not cached is rendered, whatever earlier
+    runs left on disk (the rows that read the store name one of their own)."""
     args = ["--virtual", name, "--midi-api", "jack", "--audio-api", audio_api,
-            "--blocksize", period, "--samplerate", rate, "--status-interval", 0.25]
+            "--blocksize", period, "--samplerate", rate, "--status-interval", 0.25,
+            "--note-store", store]
     if checkpoint is None:
         args.append("--test-tone")
     else:

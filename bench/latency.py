@@ -1,7 +1,7 @@
 """Note-on -> first sound through one JACK server: sing-synth (cached, not cached) and FluidSynth.
 
     python -m bench.latency [--notes 200] [--periods 256 64] [--checkpoint PATH | --test-tone]
-                            [--synths sing portaudio busy fluidsynth]
+                            [--synths sing stored portaudio busy fluidsynth]
 
 One `jackd -d dummy` server per period (48 kHz); the same JACK MIDI client (`jack_rig.MidiSender`)
 sends the notes to each synth in turn and a JACK capture client (`jack_rig.Capture`) finds each
@@ -13,6 +13,8 @@ each note, all-sound-off and a wait for silence, so every onset starts from sile
 Rows (sing-synth with ``--audio-api jack`` unless marked PortAudio):
 - not cached, idle renderer: ``--no-prewarm``, distinct piano keys, each rendered when played;
 - cached: the same keys again (now in the cache); FluidSynth plays the same keys;
+- not cached, in the note store: a new sing-synth on the note store the first one wrote (its
+  own folder): the same keys, not in memory, each read from disk and resampled when played;
 - not cached, prewarm running: the start preset prewarms, and every 8 notes a program change
   selects another preset (whose prewarm is queued too); the notes are that preset's
   velocity-25 layer, which its prewarm renders last.  Then the same notes again, now cached:
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -139,24 +142,42 @@ def missed(cap) -> str:
     return f"capture missed {cap.gaps} cycles"
 
 
-def run_sing(period, checkpoint, keys, audio_api="jack", log=common.log) -> list:
-    """Not cached (idle renderer) then cached, on one sing-synth with ``--no-prewarm``."""
+def run_sing(period, checkpoint, keys, audio_api="jack", store="off", log=common.log) -> list:
+    """Not cached (idle renderer) then cached, on one sing-synth with ``--no-prewarm``;
+    ``store``: its note store (written, never read: every key is new to it)."""
+    label = "sing-synth" if audio_api == "jack" else "sing-synth (PortAudio + rtmidi)"
+    cold, warm, xruns, gaps = _sing_pass(period, checkpoint, keys, audio_api, store, label,
+                                         ("not cached, idle renderer", "cached"), log)
+    for r in (cold, warm):
+        r.note = f"xruns {xruns}; {gaps}"
+    return [cold, warm]
+
+
+def run_sing_stored(period, checkpoint, keys, store, log=common.log) -> Latencies:
+    """The same keys on a new sing-synth whose note store (``store``) has them: not in memory,
+    each read from disk and resampled when its key is pressed."""
+    stored, _, xruns, gaps = _sing_pass(period, checkpoint, keys, "jack", store, "sing-synth",
+                                        ("not cached, in the note store", "cached"), log)
+    stored.note = f"xruns {xruns}; {gaps}"
+    return stored
+
+
+def _sing_pass(period, checkpoint, keys, audio_api, store, label, cases, log) -> tuple:
+    """``keys`` twice on one sing-synth with ``--no-prewarm``: the first and second passes'
+    `Latencies`, its last xrun count and the capture's missed cycles."""
     sender, cap = R.MidiSender(), R.Capture()
     try:
         args = common.sing_command(checkpoint, period, f"bench-sing-{audio_api}", "--no-prewarm",
-                                   audio_api=audio_api)
+                                   audio_api=audio_api, store=store)
         with R.Synth(args, sender, cap) as synth:
             time.sleep(0.3)
             warm_up(sender, cap)
-            label = "sing-synth" if audio_api == "jack" else "sing-synth (PortAudio + rtmidi)"
-            cold = Latencies(label, "not cached, idle renderer", period, play_keys(sender, cap, keys))
-            log(f"  {label} p{period}: not cached p50 {cold.ms(50):.1f} ms")
-            warm = Latencies(label, "cached", period, play_keys(sender, cap, keys))
-            log(f"  {label} p{period}: cached p50 {warm.ms(50):.2f} ms")
+            first = Latencies(label, cases[0], period, play_keys(sender, cap, keys))
+            log(f"  {label} p{period}: {cases[0]} p50 {first.ms(50):.1f} ms")
+            second = Latencies(label, cases[1], period, play_keys(sender, cap, keys))
+            log(f"  {label} p{period}: {cases[1]} p50 {second.ms(50):.2f} ms")
             xruns = synth.status_values("xruns")
-        for r in (cold, warm):
-            r.note = f"xruns {xruns[-1] if xruns else '?'}; {missed(cap)}"
-        return [cold, warm]
+        return first, second, xruns[-1] if xruns else "?", missed(cap)
     finally:
         sender.close()
         cap.close()
@@ -221,7 +242,7 @@ def run_fluidsynth(period, keys, log=common.log) -> Latencies:
         cap.close()
 
 
-SYNTHS = ("sing", "portaudio", "busy", "fluidsynth")
+SYNTHS = ("sing", "stored", "portaudio", "busy", "fluidsynth")
 
 
 def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synths=SYNTHS) -> list:
@@ -237,9 +258,12 @@ def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synt
 def period_rows(period, notes, checkpoint, busy, synths) -> list:
     keys = piano_keys(notes)
     results = []
-    with common.jack_server(period):
-        if "sing" in synths:
-            results += run_sing(period, checkpoint, keys, "jack")
+    with common.jack_server(period), tempfile.TemporaryDirectory(prefix="singbench-store-") as store:
+        if "sing" in synths or "stored" in synths:
+            rows = run_sing(period, checkpoint, keys, "jack", store=store)
+            results += rows if "sing" in synths else []
+        if "stored" in synths and checkpoint is not None:
+            results.append(run_sing_stored(period, checkpoint, keys, store))
         if "portaudio" in synths:
             results += run_sing(period, checkpoint, keys, "portaudio")[1:]
         if "busy" in synths and busy:
@@ -271,8 +295,8 @@ def main(argv=None) -> int:
     p.add_argument("--test-tone", action="store_true",
                    help="sing-synth plays its built-in tone (checks the rig; no model)")
     p.add_argument("--synths", nargs="+", choices=SYNTHS, default=list(SYNTHS),
-                   help="rows to run: sing (JACK backend), portaudio, busy (prewarm running), "
-                        "fluidsynth")
+                   help="rows to run: sing (JACK backend), stored (not cached, in the note store), "
+                        "portaudio, busy (prewarm running), fluidsynth")
     args = p.parse_args(argv)
     if args.notes < 1 or any(x < 16 for x in args.periods):
         p.error("--notes must be >= 1 and --periods >= 16")

@@ -228,23 +228,27 @@ def run_benchmark(sizes=tuple(SIZES), batches=DEFAULT_BATCHES, paths=PATHS[:2], 
 
 
 def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=None,
-                      stream_rate=48000, device=None) -> dict:
+                      stream_rate=48000, device=None, store=None) -> dict:
     """Prewarm of one preset through `engine.NoteRenderer`, as the live instrument does it (every
     velocity layer, the preset's pitch range, middle octaves first, resampled to the stream rate),
     with a key pressed every ``urgent_every`` seconds meanwhile (other instruments, so never a
-    prewarmed key): seconds for the whole preset, and the pressed keys' delays request -> ready."""
+    prewarmed key): seconds for the whole preset, and the pressed keys' delays request -> ready.
+    ``store``: a note store folder (`engine.store`): written when empty, read when an earlier run
+    of the same preset filled it."""
     from sing_synth.checkpoint import load_checkpoint
     from sing_synth.engine import Controller, Mixer, NoteRenderer, instrument_key
+    from sing_synth.engine.store import file_id
     from sing_synth.presets import load_presets
     ckpt = load_checkpoint(checkpoint)
     presets = load_presets()
     chosen = presets[preset]
     others = [p for p in presets.values() if p.name != preset and p.instrument != chosen.instrument]
     with NoteRenderer(ckpt, stream_rate=stream_rate, cache_mb=4096, threads=threads, device=device) as renderer:
+        if store is not None:
+            renderer.open_store(store, file_id(checkpoint), 8192)
+        before = renderer.status()["store"]["loaded"] if store is not None else 0
         controller = Controller(Mixer(stream_rate), renderer, presets, preset, stream_rate)
-        first = renderer.make_key(others[0], 60, 100)       # warm-up: oneDNN sets up its kernels
-        renderer.request(first)
-        renderer.wait_idle()
+        renderer.warm_up(renderer.make_key(others[0], 60, 100))   # oneDNN sets up its kernels
         renderer.request(renderer.make_key(others[0], 61, 100), urgent=False)
         renderer.prewarm([renderer.make_key(others[0], 62, 100), renderer.make_key(others[0], 63, 100)])
         renderer.wait_idle()
@@ -260,7 +264,12 @@ def prewarm_benchmark(checkpoint, preset="piano", urgent_every=0.25, threads=Non
         elapsed = time.perf_counter() - start
         status = renderer.status()
         delays = renderer.urgent_delays_ms[skip:]
-    return {"preset": preset, "notes": queued, "seconds": elapsed, "urgent": k,
+    if store is None:
+        how = "off"
+    else:
+        loaded = status["store"]["loaded"] - before
+        how = f"read ({loaded} notes)" if loaded else f"written ({status['store']['saved']} notes)"
+    return {"preset": preset, "notes": queued, "seconds": elapsed, "urgent": k, "store": how,
             "notes_per_s": (queued + k) / elapsed, "threads": status["threads"],
             "dtype": status["dtype"], "prewarm_batch": renderer.prewarm_batch_size,
             **_delay_stats(delays, "urgent_")}
@@ -357,13 +366,13 @@ def _percentile(values, q):
 
 def prewarm_markdown(r: dict) -> str:
     header = ("preset", "notes", "seconds", "notes/s (with the pressed keys)", "render threads",
-              "dtype", "prewarm batch", "keys pressed meanwhile", "their delay p50 ms", "p99 ms",
-              "max ms")
+              "dtype", "prewarm batch", "note store", "keys pressed meanwhile", "their delay p50 ms",
+              "p99 ms", "max ms")
     cells = (r["preset"], str(r["notes"]), _fmt(r["seconds"]), _fmt(r["notes_per_s"]),
-             str(r["threads"]), r["dtype"], str(r["prewarm_batch"]), str(r["urgent"]),
-             _fmt(r["urgent_p50_ms"]), _fmt(r["urgent_p99_ms"]), _fmt(r["urgent_max_ms"]))
+             str(r["threads"]), r["dtype"], str(r["prewarm_batch"]), r.get("store", "off"),
+             str(r["urgent"]), _fmt(r["urgent_p50_ms"]), _fmt(r["urgent_p99_ms"]), _fmt(r["urgent_max_ms"]))
     return "\n".join(["| " + " | ".join(header) + " |",
-                      "|" + "|".join(["---"] + ["---:"] * 4 + ["---", "---:", "---:", "---:", "---:", "---:"]) + "|",
+                      "|" + "|".join(["---"] + ["---:"] * 4 + ["---", "---:", "---", "---:", "---:", "---:", "---:"]) + "|",
                       "| " + " | ".join(cells) + " |"])
 
 

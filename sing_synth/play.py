@@ -270,15 +270,15 @@ class Instrument:
     def warm_up(self, timeout: float = 10.0) -> None:
         """Before the audio starts: renders the default preset's middle note through the path a key
         pressed now takes (kernels for batch 1 built, the resampler made, the cache and the ready
-        callbacks run) and builds the status line once.  Whatever Python imports or builds the
+        callbacks run), never from the note store (`renderer.WorkerQueue.warm_up`), and builds
+        the status line once.  Whatever Python imports or builds the
         first time is done now: measured before this, the first note after start-up came with a
         ~110 ms stall of the audio callback (the main thread importing numpy.ma for a median while
         holding the GIL, and torch's first calls), heard as a gap in that note."""
         preset = self.controller.default_preset
         lo, hi = preset.pitch_range
         pitch = min(max(60, lo), hi)
-        self.renderer.request(self.renderer.make_key(preset, pitch, 100), urgent=True)
-        self.renderer.wait_idle(timeout)
+        self.renderer.warm_up(self.renderer.make_key(preset, pitch, 100), timeout)
         self.status_line()
         # Python's full garbage collection walks every object the process has (torch, numpy,
         # the model: ~170,000) holding the GIL: 70 ms measured, an xrun each time it ran during
@@ -308,7 +308,8 @@ class Instrument:
         last = self.probe.last_ms
         latency = "-" if last is None else f"{last + 1000.0 * self.output_latency:.1f}ms"
         store = r.get("store")
-        store = "" if store is None else f"stored={store['store_mb']:.0f}/{store['store_limit_mb']:.0f}MB "
+        store = "" if store is None else (f"from_store={r['stored']} "
+                                          f"store={store['store_mb']:.0f}/{store['store_limit_mb']:.0f}MB ")
         return (f"voices={m.active_voices} cache={r['cache_mb']:.0f}/{r['cache_limit_mb']:.0f}MB "
                 f"notes={r['cached_notes']} {store}prewarm={r.get('prewarm_done', 0)}/{r.get('prewarm_total', 0)} "
                 f"xruns={m.xruns} dsp={self.dsp()} latency={latency} "

@@ -155,6 +155,20 @@ class WorkerQueue:
     ``_prewarm_pending/_done/_total``, ``_last_error``, ``_closed`` and ``_thread``, and gives
     ``check_key``; its worker takes keys off ``_heap``."""
 
+    store = None    # a `store.NoteStore` (NoteRenderer.open_store)
+
+    def warm_up(self, key, timeout: float = 10.0) -> bool:
+        """Renders ``key`` as a key pressed now, with the note store out of the way for it: the
+        point is the render path's first calls (torch's kernels, the resampler, the callbacks),
+        which a note read from the store would skip, leaving them to the first note played.
+        False on timeout."""
+        store, self.store = self.store, None
+        try:
+            self.request(key, urgent=True)
+            return self.wait_idle(timeout)
+        finally:
+            self.store = store
+
     def add_ready_callback(self, callback) -> None:
         """``callback(key, array)``, called on the worker thread for each note rendered."""
         with self._cond:
