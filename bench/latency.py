@@ -1,7 +1,7 @@
 """Note-on -> first sound through one JACK server: sing-synth (cached, not cached) and FluidSynth.
 
     python -m bench.latency [--notes 200] [--periods 256 64] [--checkpoint PATH | --test-tone]
-                            [--synths sing stored portaudio busy fluidsynth]
+                            [--synths sing stored portaudio busy program fluidsynth]
 
 One `jackd -d dummy` server per period (48 kHz); the same JACK MIDI client (`jack_rig.MidiSender`)
 sends the notes to each synth in turn and a JACK capture client (`jack_rig.Capture`) finds each
@@ -23,6 +23,9 @@ Rows (sing-synth with ``--audio-api jack`` unless marked PortAudio):
   onset.  Notes found cached the first time (less than a period late once the attack is off:
   one rendered on demand starts a period later at the earliest) are left out and counted.
   The row's note gives the onsets with the attack left in.
+- not cached, right after a program change: each preset's middle key played just after its
+  program change, when the preset's prewarm has that very key in its first batch (the key is
+  taken out of the batch and rendered at once); its attack, from the cache, taken off.
 """
 from __future__ import annotations
 
@@ -88,6 +91,19 @@ def busy_notes(n: int, per_preset=8) -> list:
         rounds = i // (per_preset * len(presets))       # > 0 only past every preset
         pitch = lo + (k * (hi - lo + 1) // per_preset + rounds) % (hi - lo + 1)
         notes.append((preset.program if k == 0 else None, 1, pitch, 25))
+    return notes
+
+
+def program_notes(n: int) -> list:
+    """(program, channel, pitch, velocity): each preset's middle key at velocity 100, the first
+    note its prewarm renders, each right after its program change, the presets in turn."""
+    from sing_synth.presets import load_presets
+    presets = list(load_presets().values())
+    notes = []
+    for i in range(n):
+        preset = presets[i % len(presets)]
+        lo, hi = preset.pitch_range
+        notes.append((preset.program, 3, min(max(60, lo), hi), 100))
     return notes
 
 
@@ -223,6 +239,39 @@ def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
         cap.close()
 
 
+def run_sing_program(period, checkpoint, notes, log=common.log) -> Latencies:
+    """Each note right after its program change: its preset's prewarm begins with that very key
+    (the middle key), so the note is in the first prewarm batch when its note-on comes.  Played
+    again at once (now cached) for its own attack, which is taken off.  A 16 MiB cache (~20
+    notes) lets each preset's prewarm evict the notes of the presets before it, so every round
+    renders."""
+    sender, cap = R.MidiSender(), R.Capture()
+    try:
+        args = common.sing_command(checkpoint, period, "bench-sing-program", "--no-prewarm",
+                                   "--cache-mb", "16")
+        frames, attacks = [], []
+        with R.Synth(args, sender, cap) as synth:
+            time.sleep(0.3)
+            warm_up(sender, cap)
+            for program, ch, pitch, vel in notes:
+                sender.send(sender.program(program, ch))
+                frames.append(play_one(sender, cap, ch, pitch, vel))
+                attacks.append(play_one(sender, cap, ch, pitch, vel))
+            xruns = synth.status_values("xruns")
+        late, first = attack_removed(frames, attacks, period)
+        result = Latencies("sing-synth", "not cached, right after a program change", period, late,
+                           left_out=len(frames) - len(late))
+        raw = Latencies("", "", period, first)
+        result.note = (f"the notes' own attack taken off (with it: p50 {common.fmt(raw.ms(50))}, "
+                       f"p99 {common.fmt(raw.ms(99))} ms); xruns {xruns[-1] if xruns else '?'}; "
+                       f"{missed(cap)}")
+        log(f"  sing-synth p{period}: right after a program change p50 {result.ms(50):.1f} ms")
+        return result
+    finally:
+        sender.close()
+        cap.close()
+
+
 def run_fluidsynth(period, keys, log=common.log) -> Latencies:
     sender, cap = R.MidiSender(), R.Capture()
     try:
@@ -242,7 +291,8 @@ def run_fluidsynth(period, keys, log=common.log) -> Latencies:
         cap.close()
 
 
-SYNTHS = ("sing", "stored", "portaudio", "busy", "fluidsynth")
+SYNTHS = ("sing", "stored", "portaudio", "busy", "program", "fluidsynth")
+PROGRAM_NOTES = 48     # rounds of the program-change row (two notes each)
 
 
 def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synths=SYNTHS) -> list:
@@ -268,6 +318,8 @@ def period_rows(period, notes, checkpoint, busy, synths) -> list:
             results += run_sing(period, checkpoint, keys, "portaudio")[1:]
         if "busy" in synths and busy:
             results.append(run_sing_busy(period, checkpoint, busy_notes(notes)))
+        if "program" in synths and busy and checkpoint is not None:
+            results.append(run_sing_program(period, checkpoint, program_notes(min(notes, PROGRAM_NOTES))))
         if "fluidsynth" in synths:
             results.append(run_fluidsynth(period, keys))
     return results
@@ -296,7 +348,8 @@ def main(argv=None) -> int:
                    help="sing-synth plays its built-in tone (checks the rig; no model)")
     p.add_argument("--synths", nargs="+", choices=SYNTHS, default=list(SYNTHS),
                    help="rows to run: sing (JACK backend), stored (not cached, in the note store), "
-                        "portaudio, busy (prewarm running), fluidsynth")
+                        "portaudio, busy (prewarm running), program (right after a program "
+                        "change), fluidsynth")
     args = p.parse_args(argv)
     if args.notes < 1 or any(x < 16 for x in args.periods):
         p.error("--notes must be >= 1 and --periods >= 16")

@@ -199,7 +199,7 @@ class WorkerQueue:
             self._counts["misses"] += 1
             if urgent:
                 self._requested_at.setdefault(key, time.perf_counter())
-            if key in self._in_flight:
+            if key in self._in_flight and not (urgent and self._take_over(key)):
                 return None
             prio = URGENT if urgent else PREWARM
             if self._queued.get(key, PREWARM + 1) > prio:   # not queued, or promoted to urgent
@@ -207,6 +207,11 @@ class WorkerQueue:
                 heapq.heappush(self._heap, (prio, next(self._seq), key))
                 self._cond.notify_all()     # the worker, or the urgent lane
             return None
+
+    def _take_over(self, key) -> bool:
+        """Whether a key pressed while its note is in flight is queued as urgent all the same
+        (lock held; `NoteRenderer._take_over`); here never: it waits for its batch."""
+        return False
 
     def prewarm(self, keys) -> int:
         """Queues ``keys`` behind every urgent request, in the order given (callers order them
@@ -423,6 +428,8 @@ class NoteRenderer(WorkerQueue):
         self._seq = itertools.count()
         self._in_flight: set = set()
         self._busy = 0                     # batches being read, rendered or written
+        self._stepping: set = set()        # keys of prewarm batches still rendering
+        self._let_go: set = set()          # ... of those, keys taken over as urgent (`_take_over`)
         self._requested_at: dict = {}      # key -> perf_counter of its first urgent request
         self._cache: OrderedDict = OrderedDict()
         self._filling: dict = {}           # key -> note whose head is out and rest rendering
@@ -507,6 +514,20 @@ class NoteRenderer(WorkerQueue):
         return weights / weights.sum()
 
     # ------------------------------------------------------------------ requests
+    def _take_over(self, key) -> bool:
+        """A key pressed while its note is in a prewarm batch still rendering (lock held): the
+        batch lets it go (`_let_go`) and the key is queued as urgent, rendered at once, head first.
+        Otherwise it would wait for the whole batch: ~110 ms for the first key after a program
+        change on this CPU (the batch renders in steps at a lower priority).  False when the note
+        is past rendering (being prepared: it is handed over next, `_deliver_each`) or in an
+        urgent batch."""
+        if key not in self._stepping:
+            return False
+        self._stepping.discard(key)
+        self._in_flight.discard(key)
+        self._let_go.add(key)
+        return True
+
     def _lookup(self, key):
         """The cached or filling note for ``key``, or None (lock held)."""
         note = self._cache.get(key)
@@ -650,6 +671,9 @@ class NoteRenderer(WorkerQueue):
         notes = error = waves = None
         filling = None
         spent = 0.0
+        if preempt:
+            with self._cond:
+                self._stepping.update(batch)
         try:
             head_frames = 0 if preempt else self.head_frames
             inputs = self._inputs(batch)
@@ -685,6 +709,9 @@ class NoteRenderer(WorkerQueue):
                 t0 = time.perf_counter()
                 waves = waves.float().cpu().numpy() * gains
                 spent += time.perf_counter() - t0
+            if preempt:
+                batch, waves = self._kept(batch, waves)
+            if waves is not None:
                 if filling is None:
                     self._deliver_each(batch, waves, spent)
                     return self._save(batch, waves)
@@ -695,9 +722,22 @@ class NoteRenderer(WorkerQueue):
             error = exc
             for f in filling or ():
                 self._cut_note(f)
+            if preempt:
+                batch, _ = self._kept(batch, None)
         self._deliver(batch, notes, error, started=filling is not None, timing=(spent, len(batch)))
         if notes is not None:
             self._save(batch, waves)
+
+    def _kept(self, batch, waves) -> tuple:
+        """A prewarm batch done rendering: its keys and waves less those taken over as urgent
+        (`_take_over`: rendered and delivered by the urgent path, never twice)."""
+        with self._cond:
+            self._stepping.difference_update(batch)
+            keep = [i for i, key in enumerate(batch) if key not in self._let_go]
+            self._let_go.difference_update(batch)
+        if len(keep) == len(batch):
+            return batch, waves
+        return [batch[i] for i in keep], None if waves is None else waves[keep]
 
     def _from_store(self, batch) -> list:
         """Delivers the notes of ``batch`` that the note store has (a read and a resample, ~2 ms

@@ -1,6 +1,7 @@
 """NoteRenderer on a tiny random-weights checkpoint (CPU, one torch thread)."""
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -238,6 +239,67 @@ def test_a_key_found_in_a_prewarm_batch_gets_its_note_before_the_rest_of_the_bat
     assert status["prewarm_done"] == 6 and len(renderer.urgent_delays_ms) == 1
 
 
+@pytest.mark.parametrize("lane", [True, False])
+def test_a_key_whose_note_is_in_a_rendering_prewarm_batch_is_rendered_at_once(
+        tiny_checkpoint, one_thread, lane):
+    """A key pressed while its note is in a prewarm batch still rendering (a program change's
+    first batch holds the middle keys) is taken out of the batch and rendered as urgent: by the
+    lane beside the paused step, or by the worker between two steps; delivered once, counted
+    once, and the rest of the batch as before."""
+    recorder = Recorder()
+    started, go = threading.Event(), threading.Event()
+    with NoteRenderer(tiny_checkpoint, device="cpu", prewarm_batch_size=3, on_ready=recorder,
+                      dtype=torch.float32, urgent_lane=lane) as renderer:
+        stages, calls = renderer.fast.stages, []
+
+        def paused_stages(*args, **kwargs):        # the prewarm batch stops after its first step
+            calls.append(1)
+            result = yield from _pause_after_first(stages(*args, **kwargs), len(calls) == 1 and lane,
+                                                   started, go)
+            return result
+
+        renderer.fast.stages = paused_stages
+        flute = instrument_key("flute")
+        prewarm = [(flute, p, 3) for p in (60, 59, 61)]
+        steps_done, at_delivery = [], {}
+        if not lane:         # the worker: the key is pressed between the batch's first two steps
+            renderer.add_ready_callback(lambda key, note: at_delivery.setdefault(key, len(steps_done)))
+
+            def pressing_stages(*args, **kwargs):
+                steps = stages(*args, **kwargs)
+                if len(args[0]) != len(prewarm):         # the urgent batch: not counted
+                    return (yield from steps)
+                while True:
+                    try:
+                        step = next(steps)
+                    except StopIteration as done:
+                        return done.value
+                    if not steps_done:
+                        assert renderer.request(prewarm[1]) is None
+                    steps_done.append(1)
+                    yield step
+            renderer.fast.stages = pressing_stages
+        renderer.prewarm(prewarm)
+        if lane:
+            assert started.wait(30)
+            assert renderer.request(prewarm[1]) is None
+            for _ in range(300):                   # delivered while the batch is paused
+                if renderer.get(prewarm[1]) is not None:
+                    break
+                time.sleep(0.1)
+            assert recorder.keys == [prewarm[1]]
+            assert renderer.request(prewarm[1]) is not None       # a hit now
+            go.set()
+        assert renderer.wait_idle(timeout=60)
+        status = renderer.status()
+    assert sorted(recorder.keys) == sorted(prewarm) and recorder.keys[0] == prewarm[1]
+    assert status["rendered"] == 3 and status["prewarm_done"] == status["prewarm_total"] == 3
+    assert len(renderer.urgent_delays_ms) == 1 and status["errors"] == 0
+    assert not renderer._stepping and not renderer._let_go and not renderer._in_flight
+    if not lane:         # between the first two steps, not after the whole batch
+        assert at_delivery[prewarm[1]] == 1 < at_delivery[prewarm[0]] == len(steps_done)
+
+
 def test_a_note_that_fails_to_prepare_fails_the_rest_of_its_batch_only(tiny_checkpoint, one_thread):
     recorder = Recorder()
     flute = instrument_key("flute")
@@ -406,7 +468,7 @@ def test_notes_rendered_once_are_read_back_from_the_note_store(tiny_checkpoint, 
         assert status["store"]["saved"] == len(rendered) and status["store"]["loaded"] == 0
         assert store.folder.name == "v1-float32-raw"             # the tiny model has no calibration
     recorder = Recorder()
-    with NoteRenderer(tiny_checkpoint, on_ready=recorder, **kwargs) as later:    # a later session
+    with NoteRenderer(tiny_checkpoint, on_ready=recorder, urgent_lane=False, **kwargs) as later:  # a later session
         later.open_store(tmp_path, "tiny", limit_mb=64)
         with later._cond:
             later.prewarm(prewarm)
