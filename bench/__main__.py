@@ -141,7 +141,12 @@ def run_latency(s, checkpoint) -> dict:
         "handled in its audio callback) unless marked PortAudio + rtmidi (the default API).  "
         "The prewarm-running row's notes (velocity 25, every preset) are played twice; the second "
         "time, from the cache, gives each note's own attack, which is taken off its first onset "
-        "(a pad's attack takes up to ~115 ms to reach -80 dBFS; its note gives the onsets with it).",
+        "(a pad's attack takes up to ~115 ms to reach -80 dBFS; its note gives the onsets with it).  "
+        "'In the note store': a new sing-synth on the note store the first one wrote plays the "
+        "same keys, not in its memory, each read from disk and resampled.  'Right after a program "
+        "change': each preset's middle key just after its program change, when that key is in "
+        "the preset's first prewarm batch; played again at once for its attack, taken off the same "
+        "way.  Every other row runs with the note store off.",
         "",
         latency.markdown(results),
     ])
