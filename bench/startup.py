@@ -6,7 +6,8 @@ against ``--cache-mb``.
 Start-up: the wall time from Popen to the first captured sample above -80 dBFS, a note-on sent
 as soon as the synth's JACK MIDI port appears (and again every 20 ms until there is sound: a
 port can exist before its client processes).  JACK frame times are mapped to wall time through
-the capture client's clock.  sing-synth's first note is not cached (it renders on demand).
+the capture client's clock.  The note (piano, middle C, velocity 100) is the one sing-synth renders
+at start-up, before its JACK client runs (`play.Instrument.warm_up`): it sounds once the synth is ready.
 
 Memory: sing-synth with ``--cache-mb C`` and no prewarm, its RSS after 4 notes (less their cache
 bytes), then after a flood of distinct notes that renders about 1.5 C of notes
