@@ -2,7 +2,8 @@
 
 - `renderer.NoteRenderer`: the SING model, resident on the best device, rendering whole notes in
   one background worker thread (urgent requests ahead of prewarming), each note resampled once
-  to the stream rate and kept in an LRU cache.
+  to the stream rate and kept in an LRU cache; `store.NoteStore` keeps every rendered note on disk
+  for later sessions, read back instead of rendered again.
 - `controller.Controller`: the control half, called on the MIDI thread with mido messages; it
   keeps the 16 channels' state and posts events to the mixer.
 - `mixer.Mixer`: the real-time half, the sounddevice callback; a preallocated voice table mixed
