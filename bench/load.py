@@ -37,7 +37,8 @@ def run(checkpoint, seconds: float, program_every=4.0, rate=48000, period=256,
     prewarm is queued."""
     from sing_synth import play
     args = play.build_parser().parse_args(
-        ["--checkpoint", str(checkpoint), "--preset", "organ", "--blocksize", str(period)])
+        ["--checkpoint", str(checkpoint), "--preset", "organ", "--blocksize", str(period),
+         "--note-store", "off"])     # as the soaked sing-synth (common.sing_command): it renders
     presets, preset = play._presets(args)
     play._return_freed_notes()
     inst = play.Instrument(args, rate, presets, preset, play._checkpoint_path(args), blocksize=period)
@@ -59,7 +60,8 @@ def run(checkpoint, seconds: float, program_every=4.0, rate=48000, period=256,
                 sent, next_program = sent + 1, next_program + program_every
             time.sleep(0.1)
             inst.mixer.collect()
-        return {"programs": sent, "rendered": inst.renderer.status()["rendered"] - rendered0}
+        status = inst.renderer.status()
+        return {"programs": sent, "rendered": status["rendered"] - rendered0, "stored": status["stored"]}
     finally:
         inst.close()
         sys.setswitchinterval(switch)

@@ -1,4 +1,7 @@
 """Shared fixtures: tiny NSynth-format folders of synthetic harmonic instruments."""
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
@@ -65,6 +68,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# synths started by module- and session-scoped fixtures (before any test's own folder is set):
+# their note store in a folder of this run's, never ~/.cache
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sing-tests-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -417,6 +417,8 @@ def test_renderer_load_renders_on_the_soaks_schedule_and_reports_a_bad_checkpoin
     done = load.run(ckpt, seconds=1.5, program_every=0.5, ready=lambda: ready.append(1))
     assert ready == [1]
     assert 2 <= done["programs"] <= 4 and done["rendered"] > 0   # at 0, 0.5, 1.0 s (the loop's 0.1 s steps)
+    again = load.run(ckpt, seconds=0.6, program_every=0.5)
+    assert again["rendered"] > 0 and again["stored"] == 0      # renders, as the soaked synth: no store
     assert len(load.soak_programs()) >= 3 and mixer.ORGAN not in load.soak_programs()
     assert load.main(["--checkpoint", str(tmp_path / "missing.pt"), "--seconds", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
