@@ -97,14 +97,11 @@ def busy_notes(n: int, per_preset=8) -> list:
 def program_notes(n: int) -> list:
     """(program, channel, pitch, velocity): each preset's middle key at velocity 100, the first
     note its prewarm renders, each right after its program change, the presets in turn."""
+    from sing_synth.engine.renderer import prewarm_order
     from sing_synth.presets import load_presets
     presets = list(load_presets().values())
-    notes = []
-    for i in range(n):
-        preset = presets[i % len(presets)]
-        lo, hi = preset.pitch_range
-        notes.append((preset.program, 3, min(max(60, lo), hi), 100))
-    return notes
+    return [(p.program, 3, prewarm_order(p.pitch_range)[0], 100)
+            for p in (presets[i % len(presets)] for i in range(n))]
 
 
 # ------------------------------------------------------------------------------------ playing
@@ -214,29 +211,15 @@ def attack_removed(frames, attacks, period) -> tuple:
 def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
     """Not cached while the renderer prewarms (start preset, then every preset played), less
     each note's own attack (its onset when played again from the cache)."""
-    sender, cap = R.MidiSender(), R.Capture()
-    try:
-        # a cache that holds every note, so that the second pass finds each one there
-        args = common.sing_command(checkpoint, period, "bench-sing-busy", "--cache-mb", "2048")
-        with R.Synth(args, sender, cap) as synth:
-            time.sleep(0.3)
-            warm_up(sender, cap)
-            frames = play_busy(sender, cap, notes)
-            prewarm = [line for line in synth.status_lines() if "prewarm=" in line]
-            attacks = play_busy(sender, cap, notes)
-        late, first = attack_removed(frames, attacks, period)
-        result = Latencies("sing-synth", "not cached, prewarm running", period, late,
-                           left_out=len(frames) - len(late))
-        raw = Latencies("", "", period, first)
+    def passes(sender, cap, synth):
+        frames = play_busy(sender, cap, notes)
+        prewarm = [line for line in synth.status_lines() if "prewarm=" in line]
+        attacks = play_busy(sender, cap, notes)
         last = prewarm[-1].split("prewarm=")[1].split()[0] if prewarm else "?"
-        result.note = (f"the notes' own attack taken off (with it: p50 {common.fmt(raw.ms(50))}, "
-                       f"p99 {common.fmt(raw.ms(99))}, max {common.fmt(raw.ms(100))} ms); prewarm at "
-                       f"the end {last}; {missed(cap)}")
-        log(f"  sing-synth p{period}: not cached (prewarm running) p50 {result.ms(50):.1f} ms")
-        return result
-    finally:
-        sender.close()
-        cap.close()
+        return frames, attacks, f"prewarm at the end {last}"
+    # a cache that holds every note, so that the second pass finds each one there
+    return _row_less_attack(period, checkpoint, "bench-sing-busy", ("--cache-mb", "2048"),
+                            "not cached, prewarm running", passes, log)
 
 
 def run_sing_program(period, checkpoint, notes, log=common.log) -> Latencies:
@@ -245,27 +228,37 @@ def run_sing_program(period, checkpoint, notes, log=common.log) -> Latencies:
     again at once (now cached) for its own attack, which is taken off.  A 16 MiB cache (~20
     notes) lets each preset's prewarm evict the notes of the presets before it, so every round
     renders."""
+    def passes(sender, cap, synth):
+        frames, attacks = [], []
+        for program, ch, pitch, vel in notes:
+            sender.send(sender.program(program, ch))
+            frames.append(play_one(sender, cap, ch, pitch, vel))
+            attacks.append(play_one(sender, cap, ch, pitch, vel))
+        xruns = synth.status_values("xruns")
+        return frames, attacks, f"xruns {xruns[-1] if xruns else '?'}"
+    return _row_less_attack(period, checkpoint, "bench-sing-program",
+                            ("--no-prewarm", "--cache-mb", "16"),
+                            "not cached, right after a program change", passes, log)
+
+
+def _row_less_attack(period, checkpoint, name, extra, case, passes, log) -> Latencies:
+    """One sing-synth with the options ``extra``; ``passes(sender, cap, synth)`` plays the notes
+    and returns their first onsets, the same notes' onsets from the cache (their own attack)
+    and a word on the run.  The row: the first onsets less the attacks (`attack_removed`)."""
     sender, cap = R.MidiSender(), R.Capture()
     try:
-        args = common.sing_command(checkpoint, period, "bench-sing-program", "--no-prewarm",
-                                   "--cache-mb", "16")
-        frames, attacks = [], []
+        args = common.sing_command(checkpoint, period, name, *extra)
         with R.Synth(args, sender, cap) as synth:
             time.sleep(0.3)
             warm_up(sender, cap)
-            for program, ch, pitch, vel in notes:
-                sender.send(sender.program(program, ch))
-                frames.append(play_one(sender, cap, ch, pitch, vel))
-                attacks.append(play_one(sender, cap, ch, pitch, vel))
-            xruns = synth.status_values("xruns")
+            frames, attacks, about = passes(sender, cap, synth)
         late, first = attack_removed(frames, attacks, period)
-        result = Latencies("sing-synth", "not cached, right after a program change", period, late,
-                           left_out=len(frames) - len(late))
+        result = Latencies("sing-synth", case, period, late, left_out=len(frames) - len(late))
         raw = Latencies("", "", period, first)
         result.note = (f"the notes' own attack taken off (with it: p50 {common.fmt(raw.ms(50))}, "
-                       f"p99 {common.fmt(raw.ms(99))} ms); xruns {xruns[-1] if xruns else '?'}; "
+                       f"p99 {common.fmt(raw.ms(99))}, max {common.fmt(raw.ms(100))} ms); {about}; "
                        f"{missed(cap)}")
-        log(f"  sing-synth p{period}: right after a program change p50 {result.ms(50):.1f} ms")
+        log(f"  sing-synth p{period}: {case} p50 {result.ms(50):.1f} ms")
         return result
     finally:
         sender.close()
