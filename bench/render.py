@@ -302,43 +302,66 @@ def urgent_benchmark(checkpoint, notes=100, device=None, threads=None, stream_ra
 
 
 def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=None,
-                       threads=None, stream_rate=48000) -> dict:
+                       threads=None, stream_rate=48000, urgent_ms=None) -> dict:
     """Keys pressed while their note is in flight in a prewarm batch of ``batch`` notes (the
-    GPU's prewarm batch is 32): request -> ready, the renderer's own clock.  ``render_ms``: the
-    model's steps are replaced by a wait of that many ms per batch, which puts a CPU in a GPU's
-    regime (a graphed 32-note batch of `small` takes a few ms on an H100), so that what is
-    measured is the rest of the batch's way: resampling each note and handing it over."""
+    GPU's prewarm batch is 32): press -> note ready (its head, when handed over head first),
+    measured by a ready callback.  Each press is told by where its note was: ``rendering`` (the
+    batch still rendering: the key is taken over and rendered as urgent) or ``handing over``
+    (the batch rendered, its notes being prepared one by one: the key's goes next).
+
+    ``render_ms``: the model's steps are replaced by a wait of that many ms per prewarm batch,
+    and ``urgent_ms`` (default: the same) per urgent batch, its head yielded first as the CUDA
+    graphs' path does (`NoteRenderer._graph_stages`).  That puts a CPU in a GPU's regime (on an
+    H100 a graphed `small` batch takes ~2 ms at batch 1 and ~3 ms at batch 32), so that what is
+    measured is the rest of the way: taking over, resampling, handing over."""
     from sing_synth.checkpoint import load_checkpoint
     from sing_synth.engine import NoteRenderer, instrument_key
+    pressed, ready = {}, {}
+
+    def on_ready(key, _note):
+        ready.setdefault(key, time.perf_counter())
+
     with NoteRenderer(load_checkpoint(checkpoint), stream_rate=stream_rate, cache_mb=4096,
-                      threads=threads, device=device, prewarm_batch_size=batch,
+                      threads=threads, device=device, prewarm_batch_size=batch, on_ready=on_ready,
                       graphs=False if render_ms is not None else None) as renderer:
         if render_ms is not None:
-            renderer.fast.stages = _waiting_stages(render_ms / 1e3, renderer.config.length)
+            urgent_ms = render_ms if urgent_ms is None else urgent_ms
+            renderer.fast.stages = _waiting_stages(render_ms / 1e3, urgent_ms / 1e3,
+                                                   renderer.config.length, renderer.config.stride)
         names = list(renderer.instruments.values())
         notes = [(instrument_key(n), p, v) for n in names for p in range(36, 84) for v in (1, 3)]
         renderer.prewarm(notes[:max(2 * keys * batch, 4 * batch)])
-        pressed, deadline = 0, time.perf_counter() + 300
-        while pressed < keys and time.perf_counter() < deadline and not renderer.wait_idle(0.015):
+        deadline = time.perf_counter() + 300
+        while len(pressed) < keys and time.perf_counter() < deadline and not renderer.wait_idle(0.015):
             with renderer._cond:
                 flying = [k for k in renderer._in_flight if k not in renderer._requested_at]
-            if flying and renderer.request(flying[-1]) is None:    # still in flight: pressed
-                pressed += 1
+                key = flying[-1] if flying else None
+                phase = "rendering" if key in renderer._stepping else "handing over"
+                t = time.perf_counter()
+                if key is not None and renderer.request(key) is None:    # still in flight: pressed
+                    pressed[key] = (t, phase)
         renderer.wait_idle()
-        delays = renderer.urgent_delays_ms
         status = renderer.status()
-    return {"device": status["device"], "batch": batch, "render_ms": render_ms, "notes": len(delays),
-            **_delay_stats(delays)}
+    delays = {k: 1e3 * (ready[k] - t) for k, (t, _) in pressed.items() if k in ready}
+    phases = {phase: _delay_stats([d for k, d in delays.items() if pressed[k][1] == phase])
+              | {"notes": sum(1 for k in delays if pressed[k][1] == phase)}
+              for phase in ("rendering", "handing over")}
+    return {"device": status["device"], "batch": batch, "render_ms": render_ms, "urgent_ms": urgent_ms,
+            "notes": len(delays), "phases": phases, **_delay_stats(list(delays.values()))}
 
 
-def _waiting_stages(seconds: float, length: int):
-    """`FastRenderer.stages`' protocol: no steps; after ``seconds``, a batch of quiet noise."""
+def _waiting_stages(seconds: float, urgent_seconds: float, length: int, stride: int):
+    """`FastRenderer.stages`' protocol without a model: a prewarm batch (no head asked for)
+    waits ``seconds`` in one step; an urgent batch waits ``urgent_seconds`` and yields its head
+    first; both return quiet noise."""
     waves = torch.randn(1, length).mul_(0.1)
 
-    def stages(instrument, pitch, velocity, **_):
-        time.sleep(seconds)
-        return waves.expand(len(pitch), length)
-        yield
+    def stages(instrument, pitch, velocity, head_frames=0, **_):
+        whole = waves.expand(len(pitch), length)
+        time.sleep(urgent_seconds if head_frames else seconds)
+        if head_frames:
+            yield whole[:, :head_frames * stride]
+        return whole
     return stages
 
 
@@ -452,12 +475,23 @@ def _live_tables(args, device) -> str:
         text += "\n\nPrewarm of one preset through the live renderer:\n\n" + prewarm_markdown(r)
     if args.in_flight:
         r = inflight_benchmark(checkpoint, args.in_flight, render_ms=args.render_ms, device=device,
-                               threads=args.threads)
-        model = "the model" if r["render_ms"] is None else f"a {_fmt(r['render_ms'])} ms wait per batch"
-        text += _delays_table("Keys pressed while their note is in a prewarm batch (request -> "
-                              f"ready; rendering by {model})",
-                              (("device", r["device"]), ("prewarm batch", r["batch"]), ("notes", r["notes"])), r)
+                               threads=args.threads, urgent_ms=args.urgent_render_ms)
+        text += "\n\n" + inflight_markdown(r)
     return text
+
+
+def inflight_markdown(r: dict) -> str:
+    """`inflight_benchmark`'s table: all keys, then by where each key's note was when pressed."""
+    model = ("the model" if r["render_ms"] is None else
+             f"a wait of {_fmt(r['render_ms'])} ms per prewarm batch and {_fmt(r['urgent_ms'])} ms "
+             "per urgent batch, heads first")
+    lines = [f"Keys pressed while their note is in a prewarm batch of {r['batch']} on {r['device']} "
+             f"(press -> note ready; rendering by {model}):", "",
+             "| note when pressed | notes | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
+    for name, row in [("any", {**r, "notes": r["notes"]}), *r["phases"].items()]:
+        lines.append(f"| {name} | {row['notes']} | {_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} "
+                     f"| {_fmt(row['max_ms'])} |")
+    return "\n".join(lines)
 
 
 def _load() -> str:
@@ -495,15 +529,19 @@ def parse_args(argv=None):
                         help="also N keys pressed while their note is in a 32-note prewarm batch "
                              "(default 0: skip)")
     parser.add_argument("--render-ms", type=float, default=None, metavar="MS",
-                        help="with --in-flight: replace the model's steps by a wait of MS per batch "
-                             "(a GPU's regime on a CPU; default: the model renders)")
+                        help="with --in-flight: replace the model's steps by a wait of MS per prewarm "
+                             "batch (a GPU's regime on a CPU; default: the model renders)")
+    parser.add_argument("--urgent-render-ms", type=float, default=None, metavar="MS",
+                        help="with --render-ms: the wait per urgent batch (default: --render-ms)")
     parser.add_argument("--markdown", metavar="OUT", default=None,
                         help="also write the table, with date, machine and command, to this file")
     args = parser.parse_args(argv)
     if any(b < 1 for b in args.batches):
         parser.error("--batches must be positive")
-    if args.in_flight < 0 or (args.render_ms is not None and args.render_ms < 0):
-        parser.error("--in-flight and --render-ms must not be negative")
+    if args.in_flight < 0 or any(ms is not None and ms < 0 for ms in (args.render_ms, args.urgent_render_ms)):
+        parser.error("--in-flight, --render-ms and --urgent-render-ms must not be negative")
+    if args.urgent_render_ms is not None and args.render_ms is None:
+        parser.error("--urgent-render-ms goes with --render-ms")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available in this torch build")
     return args

@@ -82,10 +82,19 @@ def test_paths_and_dtypes_to_time():
 def test_in_flight_bench_presses_keys_of_batches_in_flight(tmp_path, one_thread):
     from bench.render import inflight_benchmark, parse_args
     from bench.common import random_checkpoint
+    from bench.render import inflight_markdown
     r = inflight_benchmark(random_checkpoint(tmp_path / "r.pt"), keys=6, batch=8, render_ms=20,
-                           device="cpu", threads=1)
+                           device="cpu", threads=1, urgent_ms=5)
     assert r["notes"] == 6 and r["batch"] == 8 and 0 < r["p50_ms"] <= r["p99_ms"] <= r["max_ms"]
-    for bad in (["--in-flight", "-1"], ["--in-flight", "4", "--render-ms", "-2"]):
+    phases = r["phases"]
+    assert sum(p["notes"] for p in phases.values()) == 6 and r["urgent_ms"] == 5
+    # a key taken over while its batch renders waits for an urgent render (5 ms) at least
+    assert phases["rendering"]["notes"] == 0 or phases["rendering"]["p50_ms"] >= 5
+    table = inflight_markdown(r)
+    assert "| any | 6 |" in table and "| rendering |" in table and "| handing over |" in table
+    for bad in (["--in-flight", "-1"], ["--in-flight", "4", "--render-ms", "-2"],
+                ["--in-flight", "4", "--urgent-render-ms", "2"],
+                ["--in-flight", "4", "--render-ms", "2", "--urgent-render-ms", "-1"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
 

@@ -754,11 +754,9 @@ class NoteRenderer(WorkerQueue):
                 left.append(key)
                 continue
             try:
-                note = self._prepare(wave)
+                self._hand_over(key, wave, source="stored")
             except Exception as exc:   # reported, never kills the worker
                 self._deliver([key], None, exc)
-                continue
-            self._deliver([key], [note], None, source="stored")
         return left
 
     def _save(self, batch, waves) -> None:
@@ -771,9 +769,9 @@ class NoteRenderer(WorkerQueue):
 
     def _deliver_each(self, batch, waves, spent: float) -> None:
         """Prepares a batch of whole notes and hands each over as soon as it is ready, a note that
-        a pressed key waits for first.  Preparing holds the GIL (~1.7 ms a note, `_append`): on an
-        H100, where a prewarm batch is 32 notes, a key found in flight waited 55-75 ms for the
-        whole batch; now it waits for the note being prepared and its own."""
+        a pressed key waits for first (`_hand_over`).  Preparing holds the GIL (~1.7 ms a note,
+        `_append`): on an H100, where a prewarm batch is 32 notes, a key found in flight waited
+        55-75 ms for the whole batch; now it waits for the note being prepared and its own head."""
         left = list(range(len(batch)))
         while left:
             with self._cond:
@@ -781,11 +779,31 @@ class NoteRenderer(WorkerQueue):
             left.remove(i)
             t0 = time.perf_counter()
             try:
-                note = self._prepare(waves[i])
+                self._hand_over(batch[i], waves[i])
             except Exception as exc:   # reported, never kills the worker
                 return self._deliver([batch[j] for j in (i, *left)], None, exc)
             spent += time.perf_counter() - t0
-            self._deliver([batch[i]], [note], None, timing=None if left else (spent, len(batch)))
+        self._batch_done(spent, len(batch))
+
+    def _hand_over(self, key, wave, source="rendered") -> None:
+        """Delivers one whole note (model rate, levels applied) read from the note store or
+        rendered in a prewarm batch.  A note that a pressed key waits for goes head first, as an
+        urgent render does (`_start_notes`): the voices have it once its first ``head_frames``
+        frames are resampled (~0.2 ms here), not the whole note (~1.7 ms: more than a period of
+        64 frames at 48 kHz).  Raises what preparing raises, the note's head cut off with a fade
+        if it was out already."""
+        head = self.head_frames * self.config.stride
+        with self._cond:
+            waiting = key in self._requested_at
+        if not (waiting and 0 < head < len(wave)):
+            return self._deliver([key], [self._prepare(wave)], None, source=source)
+        fill = self._start_notes([key], wave[None, :head])[0]
+        try:
+            note = self._finish_note(fill, wave)
+        except Exception:
+            self._cut_note(fill)
+            raise
+        self._deliver([key], [note], None, started=True, source=source)
 
     def _graph_stages(self, inputs, head_frames: int):
         """`FastRenderer.stages`' protocol from this thread's CUDA graphs (`graphs`): the whole
@@ -909,8 +927,7 @@ class NoteRenderer(WorkerQueue):
                         ready.append((key, note))
                 self._counts[source] += len(batch)
                 if timing is not None:
-                    self._counts["batches"] += 1
-                    self._last_batch_s, self._last_batch_n = timing
+                    self._batch_done(*timing)
             else:
                 if error is not None:
                     self._counts["errors"] += 1
@@ -925,6 +942,12 @@ class NoteRenderer(WorkerQueue):
         with self._cond:       # idle only once the callbacks are done (`wait_idle`)
             self._in_flight.difference_update(batch)
             self._cond.notify_all()
+
+    def _batch_done(self, seconds: float, notes: int) -> None:
+        """Counts a rendered batch and its time (status's ``render_ms_per_note``)."""
+        with self._cond:
+            self._counts["batches"] += 1
+            self._last_batch_s, self._last_batch_n = seconds, notes
 
     def _inputs(self, batch) -> tuple:
         """The model's inputs for ``batch``: blend weights, pitches, velocity rows."""

@@ -26,12 +26,15 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 class Recorder:
+    """The ready callbacks' keys, in order; ``tails``: whether each note's last samples were
+    written when it was handed over (False: handed over head first, the rest still rendering)."""
     def __init__(self):
-        self.keys, self.lock = [], threading.Lock()
+        self.keys, self.tails, self.lock = [], {}, threading.Lock()
 
     def __call__(self, key, note):
         with self.lock:
             self.keys.append(key)
+            self.tails[key] = bool(note[-1000:-10].any())
 
 
 def test_keys_and_prewarm_order():
@@ -216,12 +219,13 @@ def test_urgent_lane_renders_a_key_while_a_prewarm_step_is_under_way(tiny_checkp
 def test_a_key_found_in_a_prewarm_batch_gets_its_note_before_the_rest_of_the_batch(
         tiny_checkpoint, one_thread):
     """A key pressed while its note is in a prewarm batch being prepared (resampled, holding the
-    GIL) is handed over next, not after the whole batch (55-75 ms for 32 notes on an H100)."""
+    GIL) is handed over next, not after the whole batch (55-75 ms for 32 notes on an H100), and
+    head first: the voices have it before the rest of it is resampled."""
     recorder = Recorder()
     flute = instrument_key("flute")
     prewarm = [(flute, p, 3) for p in (60, 59, 61, 58, 62, 57)]
     with NoteRenderer(tiny_checkpoint, device="cpu", prewarm_batch_size=6, on_ready=recorder,
-                      dtype=torch.float32, urgent_lane=True) as renderer:
+                      dtype=torch.float32, urgent_lane=True, head_frames=32) as renderer:
         prepare, prepared = renderer._prepare, []
 
         def pressing_prepare(wave):
@@ -234,9 +238,16 @@ def test_a_key_found_in_a_prewarm_batch_gets_its_note_before_the_rest_of_the_bat
         renderer.prewarm(prewarm)
         assert renderer.wait_idle(timeout=60)
         status = renderer.status()
+        renderer._prepare = prepare
+        whole = renderer._render([prewarm[-1]])[0]
+        pressed = renderer.get(prewarm[-1])
     assert recorder.keys == [prewarm[0], prewarm[-1]] + prewarm[1:-1]
-    assert len(prepared) == 6 and status["rendered"] == 6 and status["batches"] == 1
+    assert len(prepared) == 5 and status["rendered"] == 6 and status["batches"] == 1
     assert status["prewarm_done"] == 6 and len(renderer.urgent_delays_ms) == 1
+    assert status["filling"] == 0 and status["errors"] == 0
+    assert not recorder.tails[prewarm[-1]] and all(recorder.tails[k] for k in prewarm[:-1])
+    assert not pressed.flags.writeable and pressed[0] == pressed[-1] == 0
+    np.testing.assert_allclose(pressed, whole, atol=1e-6)
 
 
 @pytest.mark.parametrize("lane", [True, False])
@@ -475,6 +486,8 @@ def test_notes_rendered_once_are_read_back_from_the_note_store(tiny_checkpoint, 
             assert later.request(urgent) is None                # ahead of the prewarm, as ever
         assert later.wait_idle(timeout=60)
         assert recorder.keys[0] == urgent and sorted(recorder.keys[1:]) == sorted(prewarm)
+        # the pressed key's note read back head first, the prewarm's whole
+        assert not recorder.tails[urgent] and all(recorder.tails[k] for k in prewarm)
         status = later.status()
         assert status["rendered"] == 0 and status["stored"] == len(rendered)
         assert status["prewarm_done"] == len(prewarm) and status["last_urgent_ms"] is not None
