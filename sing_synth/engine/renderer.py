@@ -741,8 +741,8 @@ class NoteRenderer(WorkerQueue):
 
     def _from_store(self, batch) -> list:
         """Delivers the notes of ``batch`` that the note store has (a read and a resample, ~2 ms
-        a note, no model), a note that a pressed key waits for first; returns the keys left to
-        render."""
+        a note, no model), a note that a pressed key waits for first and head first (~1 ms from
+        request to ready here, `_hand_over`); returns the keys left to render."""
         if self.store is None:
             return batch
         with self._cond:
