@@ -249,6 +249,10 @@ class Instrument:
                                          threads=getattr(args, "render_threads", None),
                                          levels=not getattr(args, "raw_levels", False))
             _open_store(self.renderer, args, checkpoint)
+            # the renderer has the weights it needs; the checkpoint's own copy (~25 MB for the
+            # shipped model) goes now.  Left to this frame, it would outlive it: imports made here
+            # leave tracebacks that keep the frame, and start-up runs with the collector off.
+            del ckpt
         self.probe = LatencyProbe(self.renderer)
         self.mixer = Mixer(self.rate, blocksize_max=max(1024, int(blocksize or args.blocksize)),
                            polyphony=args.polyphony, master_gain=args.gain,
@@ -281,10 +285,14 @@ class Instrument:
         self.renderer.warm_up(self.renderer.make_key(preset, pitch, 100), timeout)
         self.status_line()
         # Python's full garbage collection walks every object the process has (torch, numpy,
-        # the model: ~170,000) holding the GIL: 70 ms measured, an xrun each time it ran during
-        # the soak.  Frozen now, later collections only walk what is made after start-up.
-        gc.collect()
+        # the model: ~170,000) holding the GIL: 70-100 ms measured, an xrun each time it ran
+        # during the soak.  Frozen now, later collections only walk what is made after start-up.
+        # The live modes build the instrument with the collector off (`gc.disable`): importing
+        # torch alone ran 2 full passes and 31 middle ones (0.1-0.2 s of its 1.0-1.3 s), and a
+        # last pass here found 35 unreachable objects for 80-100 ms.  Those few objects are
+        # frozen with the rest, and the collector is on again from here.
         gc.freeze()
+        gc.enable()
 
     def handle(self, message: bytes) -> None:
         """The MIDI thread's entry: channel filter (``--channel``), then the controller."""
@@ -602,13 +610,14 @@ def run_live(args, presets, preset, checkpoint) -> int:
                         "--render-midi IN.mid -o OUT.wav")
     rate = int(args.samplerate or info.get("default_samplerate") or DEFAULT_RATE)
     _return_freed_notes()
-    inst = Instrument(args, rate, presets, preset, checkpoint)
+    inst = stream = port = None
     stop = threading.Event()
-    stream = port = None
     old_handlers = {}
     status = StatusLine()
     switch = sys.getswitchinterval()
     try:
+        gc.disable()        # until the warm-up (`Instrument.warm_up`)
+        inst = Instrument(args, rate, presets, preset, checkpoint)
         sys.setswitchinterval(SWITCH_INTERVAL_S)
         inst.warm_up()
         if not args.no_prewarm:
@@ -642,7 +651,9 @@ def run_live(args, presets, preset, checkpoint) -> int:
                 pass
         if port is not None:
             port.close()
-        inst.close()
+        if inst is not None:
+            inst.close()
+        gc.enable()
         sys.setswitchinterval(switch)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
@@ -666,6 +677,7 @@ def run_live_jack(args, presets, preset, checkpoint) -> int:
         if args.samplerate and int(args.samplerate) != io.rate:
             raise UserError(f"--samplerate {args.samplerate}: the JACK server runs at {io.rate} Hz")
         _return_freed_notes()
+        gc.disable()        # until the warm-up (`Instrument.warm_up`)
         inst = Instrument(args, io.rate, presets, preset, checkpoint, blocksize=io.blocksize)
         inst.controller.collect_on_handle = False       # handle() runs on the audio thread
         inst.output_latency = io.blocksize / io.rate
@@ -690,6 +702,7 @@ def run_live_jack(args, presets, preset, checkpoint) -> int:
         io.close()
         if inst is not None:
             inst.close()
+        gc.enable()
         sys.setswitchinterval(switch)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)

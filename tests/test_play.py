@@ -354,6 +354,67 @@ def test_live_port_by_substring(fake_live, capsys):
     assert "port 'Keystation 49:0'" in capsys.readouterr().out
 
 
+@pytest.fixture
+def collector_spy(monkeypatch):
+    """Whether the garbage collector was on as `Instrument.warm_up` began and as it ended, and
+    what it froze; the collector on and nothing frozen afterwards, whatever the test did."""
+    import gc
+    seen = {}
+    warm_up = play.Instrument.warm_up
+
+    def spy(self, *args, **kwargs):
+        seen["at_warm_up"] = gc.isenabled()
+        warm_up(self, *args, **kwargs)
+        seen["after"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count()
+
+    monkeypatch.setattr(play.Instrument, "warm_up", spy)
+    yield seen
+    gc.unfreeze()
+    gc.enable()
+
+
+def test_live_start_up_runs_with_the_garbage_collector_off(fake_live, collector_spy, capsys):
+    """Building the instrument (importing torch, loading the model) and its warm-up run with
+    the collector off (0.1-0.2 s of passes during the import, 80-100 ms for the last one); the
+    warm-up freezes what start-up made and turns it back on.  An error in start-up turns it back
+    on too: the process may go on (tests, a host embedding the instrument)."""
+    import gc
+    assert play.main(["--test-tone", "--virtual", "--duration", "0.1", "--status-interval", "0"]) == 0
+    assert collector_spy == {"at_warm_up": False, "after": True, "frozen": collector_spy["frozen"]}
+    assert collector_spy["frozen"] > 1000 and gc.isenabled()
+    collector_spy.clear()
+    assert play.main(["--test-tone", "--port", "Oxygen"]) == 2       # fails after the warm-up
+    assert collector_spy["at_warm_up"] is False and gc.isenabled()
+    one_error_line(capsys)
+
+
+def test_jack_start_up_turns_the_garbage_collector_back_on_after_an_error(monkeypatch, collector_spy,
+                                                                         capsys):
+    import gc
+    from types import SimpleNamespace
+    from sing_synth import jack_io
+    from sing_synth.errors import UserError
+    from sing_synth.timing import CallbackTimes
+
+    class NoServer:                   # a JACK client whose activation fails
+        rate, blocksize, times, shutdown, port_name = 48000, 256, CallbackTimes(), None, "x"
+        client = SimpleNamespace(name="x")
+
+        def __init__(self, **_):
+            pass
+
+        def start(self, *_):
+            raise UserError("JACK: cannot activate the client")
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(jack_io, "JackIO", NoServer)
+    assert play.main(["--test-tone", "--audio-api", "jack", "--midi-api", "jack"]) == 2
+    assert "cannot activate" in one_error_line(capsys)
+    assert collector_spy["at_warm_up"] is False and collector_spy["after"] and gc.isenabled()
+
+
 def test_no_output_device_error_or_demo_fallback(fake_live, tmp_path, capsys):
     fake_live[1].has_output = False
     assert play.main(["--test-tone"]) == 2
@@ -366,7 +427,8 @@ def test_no_output_device_error_or_demo_fallback(fake_live, tmp_path, capsys):
 
 
 WARM_SCRIPT = r"""
-import sys, numpy as np
+import gc, sys, numpy as np
+gc.disable()                      # as the live modes build the instrument
 from sing_synth import play
 from sing_synth.presets import find_preset, load_presets
 ckpt, presets_dir = sys.argv[1], sys.argv[2]
@@ -375,6 +437,7 @@ args = play.build_parser().parse_args(["--checkpoint", ckpt, "--presets-dir", pr
 presets = load_presets(presets_dir)
 inst = play.Instrument(args, 48000, presets, find_preset(presets, "keys"), ckpt)
 inst.warm_up()
+print(gc.isenabled(), file=sys.stderr)
 out = np.zeros((256, 2), np.float32)
 inst.mixer.callback(out, 256, None, None)
 before = set(sys.modules)
@@ -394,6 +457,9 @@ print(gc.get_freeze_count() > 10 * len(gc.get_objects()), file=sys.stderr)
 print("numpy.ma" in sys.modules, file=sys.stderr)   # its import alone took ~110 ms
 status = inst.renderer.status()
 print(status["rendered"], status["stored"], file=sys.stderr)
+from sing_synth.model import SING
+gc.unfreeze()                     # what the warm-up froze, alive or garbage, is listed again
+print(sum(type(o) is SING for o in gc.get_objects()), file=sys.stderr)
 inst.close()
 """
 
@@ -402,7 +468,8 @@ def test_nothing_is_imported_after_warm_up(tmp_path):
     """Once `Instrument.warm_up` has run, notes (not cached: rendered head first), a program change,
     bend, pedal, the mixer and the status line import no module: a first-time import holds the
     GIL long enough to stall the audio callback (numpy.ma's took ~110 ms).  And start-up's objects
-    are frozen out of the garbage collector's full passes (70 ms each with torch loaded)."""
+    are frozen out of the garbage collector's full passes (70 ms each with torch loaded), less the
+    checkpoint's model."""
     import subprocess
     import sys
     ckpt, presets = tiny_sing(tmp_path)
@@ -414,8 +481,11 @@ def test_nothing_is_imported_after_warm_up(tmp_path):
         assert run.returncode == 0, run.stderr
         assert run.stdout.strip() == "[]", run.stdout
         # the garbage collector's full passes no longer walk start-up's objects (torch, the model)
-        frozen, numpy_ma, counts = run.stderr.strip().splitlines()[-3:]
-        assert frozen == "True", run.stderr
+        enabled, frozen, numpy_ma, counts, models = run.stderr.strip().splitlines()[-5:]
+        assert frozen == "True" and enabled == "True", run.stderr
+        # the checkpoint's model (the renderer has its own copy of the weights) was not frozen in
+        # with start-up's objects, although the collector is off until the warm-up
+        assert models == "0", run.stderr
         # nothing on the live path needs numpy.ma, even at warm-up (np.median's first call imports it)
         assert numpy_ma == "False", run.stderr
         rendered, stored = map(int, counts.split())     # the program change prewarms its preset
