@@ -207,7 +207,8 @@ def run_startup(s, checkpoint) -> dict:
     memory = common.isolated(startup.memory, checkpoint, s["caches"], min_notes=s["min_notes"])
     text = "\n".join([
         "Command start (Popen) -> first sound, a note-on sent as soon as the MIDI port appears "
-        "(the note, middle C at velocity 100, is the one sing-synth renders at start-up before its JACK client runs, so this is its time to ready; the note store is off):",
+        "(the note, middle C at velocity 100, is the one sing-synth renders at start-up before "
+        "its JACK client runs, so this is its time to ready; the note store is off):",
         "",
         startup.startup_markdown(start),
         "",

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .common import table
 from sing_synth.config import SIZES, SingConfig, named_config
 from sing_synth.fast import FastRenderer, GraphedRenderer, best_dtype
 from sing_synth.model import SING
@@ -374,10 +375,8 @@ def _delay_stats(delays, prefix="") -> dict:
 def _delays_table(caption: str, first: tuple, r: dict) -> str:
     """A one-row markdown table: the ``first`` (header, value) columns, then p50/p99/max ms."""
     header = [h for h, _ in first] + ["p50 ms", "p99 ms", "max ms"]
-    values = [str(v) for _, v in first] + [_fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"])]
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    return (f"\n\n{caption}:\n\n| " + " | ".join(header) + " |\n|" + "|".join(align) + "|\n| "
-            + " | ".join(values) + " |")
+    values = [v for _, v in first] + [_fmt(r["p50_ms"]), _fmt(r["p99_ms"]), _fmt(r["max_ms"])]
+    return f"\n\n{caption}:\n\n" + table(header, [values])
 
 
 def _percentile(values, q):
@@ -485,13 +484,11 @@ def inflight_markdown(r: dict) -> str:
     model = ("the model" if r["render_ms"] is None else
              f"a wait of {_fmt(r['render_ms'])} ms per prewarm batch and {_fmt(r['urgent_ms'])} ms "
              "per urgent batch, heads first")
-    lines = [f"Keys pressed while their note is in a prewarm batch of {r['batch']} on {r['device']} "
-             f"(press -> note ready; rendering by {model}):", "",
-             "| note when pressed | notes | p50 ms | p99 ms | max ms |", "|---|---:|---:|---:|---:|"]
-    for name, row in [("any", {**r, "notes": r["notes"]}), *r["phases"].items()]:
-        lines.append(f"| {name} | {row['notes']} | {_fmt(row['p50_ms'])} | {_fmt(row['p99_ms'])} "
-                     f"| {_fmt(row['max_ms'])} |")
-    return "\n".join(lines)
+    rows = [(name, row["notes"], _fmt(row["p50_ms"]), _fmt(row["p99_ms"]), _fmt(row["max_ms"]))
+            for name, row in [("any", r), *r["phases"].items()]]
+    return (f"Keys pressed while their note is in a prewarm batch of {r['batch']} on {r['device']} "
+            f"(press -> note ready; rendering by {model}):\n\n"
+            + table(("note when pressed", "notes", "p50 ms", "p99 ms", "max ms"), rows))
 
 
 def _load() -> str:
