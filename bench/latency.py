@@ -2,6 +2,7 @@
 
     python -m bench.latency [--notes 200] [--periods 256 64] [--checkpoint PATH | --test-tone]
                             [--synths sing stored portaudio busy program fluidsynth]
+                            [--gpu-emulation RENDER_MS URGENT_MS]
 
 One `jackd -d dummy` server per period (48 kHz); the same JACK MIDI client (`jack_rig.MidiSender`)
 sends the notes to each synth in turn and a JACK capture client (`jack_rig.Capture`) finds each
@@ -26,6 +27,9 @@ Rows (sing-synth with ``--audio-api jack`` unless marked PortAudio):
 - not cached, right after a program change: each preset's middle key played just after its
   program change, when the preset's prewarm has that very key in its first batch (the key is
   taken out of the batch and rendered at once); its attack, from the cache, taken off.
+
+``--gpu-emulation``: sing-synth's rows run on `bench.gpu_emulation` (the model's steps replaced by
+waits of a GPU's length, the GPU's prewarm batch), labelled "sing-synth (GPU emulated)".
 """
 from __future__ import annotations
 
@@ -43,6 +47,22 @@ FLOOR = 1e-4              # |sample| above this is sound (-80 dBFS)
 RATE = 48000
 LAYERS = (100, 127, 75, 50, 25)
 PIANO_RANGE = (24, 96)
+
+
+@dataclass(frozen=True)
+class Sing:
+    """How sing-synth starts for a row: its label and command (None: run_synth.py)."""
+    label: str = "sing-synth"
+    command: tuple = None
+
+    @classmethod
+    def gpu_emulated(cls, render_ms: float, urgent_ms: float) -> "Sing":
+        return cls("sing-synth (GPU emulated)",
+                   (sys.executable, "-u", "-m", "bench.gpu_emulation", "--render-ms", str(render_ms),
+                    "--urgent-render-ms", str(urgent_ms), "--"))
+
+    def synth(self, args, sender, cap) -> R.Synth:
+        return R.Synth(args, sender, cap, command=list(self.command) if self.command else None)
 
 
 @dataclass
@@ -155,34 +175,35 @@ def missed(cap) -> str:
     return f"capture missed {cap.gaps} cycles"
 
 
-def run_sing(period, checkpoint, keys, audio_api="jack", store="off", log=common.log) -> list:
+def run_sing(period, checkpoint, keys, audio_api="jack", store="off", log=common.log,
+             sing=Sing()) -> list:
     """Not cached (idle renderer) then cached, on one sing-synth with ``--no-prewarm``;
     ``store``: its note store (written, never read: every key is new to it)."""
-    label = "sing-synth" if audio_api == "jack" else "sing-synth (PortAudio + rtmidi)"
+    label = sing.label if audio_api == "jack" else f"{sing.label} (PortAudio + rtmidi)"
     cold, warm, xruns, gaps = _sing_pass(period, checkpoint, keys, audio_api, store, label,
-                                         ("not cached, idle renderer", "cached"), log)
+                                         ("not cached, idle renderer", "cached"), log, sing)
     for r in (cold, warm):
         r.note = f"xruns {xruns}; {gaps}"
     return [cold, warm]
 
 
-def run_sing_stored(period, checkpoint, keys, store, log=common.log) -> Latencies:
+def run_sing_stored(period, checkpoint, keys, store, log=common.log, sing=Sing()) -> Latencies:
     """The same keys on a new sing-synth whose note store (``store``) has them: not in memory,
     each read from disk and resampled when its key is pressed."""
-    stored, _, xruns, gaps = _sing_pass(period, checkpoint, keys, "jack", store, "sing-synth",
-                                        ("not cached, in the note store", "cached"), log)
+    stored, _, xruns, gaps = _sing_pass(period, checkpoint, keys, "jack", store, sing.label,
+                                        ("not cached, in the note store", "cached"), log, sing)
     stored.note = f"xruns {xruns}; {gaps}"
     return stored
 
 
-def _sing_pass(period, checkpoint, keys, audio_api, store, label, cases, log) -> tuple:
+def _sing_pass(period, checkpoint, keys, audio_api, store, label, cases, log, sing) -> tuple:
     """``keys`` twice on one sing-synth with ``--no-prewarm``: the first and second passes'
     `Latencies`, its last xrun count and the capture's missed cycles."""
     sender, cap = R.MidiSender(), R.Capture()
     try:
         args = common.sing_command(checkpoint, period, f"bench-sing-{audio_api}", "--no-prewarm",
                                    audio_api=audio_api, store=store)
-        with R.Synth(args, sender, cap) as synth:
+        with sing.synth(args, sender, cap) as synth:
             time.sleep(0.3)
             warm_up(sender, cap)
             first = Latencies(label, cases[0], period, play_keys(sender, cap, keys))
@@ -208,7 +229,7 @@ def attack_removed(frames, attacks, period) -> tuple:
     return [late[i] for i in kept], [frames[i] for i in kept]
 
 
-def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
+def run_sing_busy(period, checkpoint, notes, log=common.log, sing=Sing()) -> Latencies:
     """Not cached while the renderer prewarms (start preset, then every preset played), less
     each note's own attack (its onset when played again from the cache)."""
     def passes(sender, cap, synth):
@@ -219,10 +240,10 @@ def run_sing_busy(period, checkpoint, notes, log=common.log) -> Latencies:
         return frames, attacks, f"prewarm at the end {last}"
     # a cache that holds every note, so that the second pass finds each one there
     return _row_less_attack(period, checkpoint, "bench-sing-busy", ("--cache-mb", "2048"),
-                            "not cached, prewarm running", passes, log)
+                            "not cached, prewarm running", passes, log, sing)
 
 
-def run_sing_program(period, checkpoint, notes, log=common.log) -> Latencies:
+def run_sing_program(period, checkpoint, notes, log=common.log, sing=Sing()) -> Latencies:
     """Each note right after its program change: its preset's prewarm begins with that very key
     (the middle key), so the note is in the first prewarm batch when its note-on comes.  Played
     again at once (now cached) for its own attack, which is taken off.  A 16 MiB cache (~20
@@ -238,27 +259,27 @@ def run_sing_program(period, checkpoint, notes, log=common.log) -> Latencies:
         return frames, attacks, f"xruns {xruns[-1] if xruns else '?'}"
     return _row_less_attack(period, checkpoint, "bench-sing-program",
                             ("--no-prewarm", "--cache-mb", "16"),
-                            "not cached, right after a program change", passes, log)
+                            "not cached, right after a program change", passes, log, sing)
 
 
-def _row_less_attack(period, checkpoint, name, extra, case, passes, log) -> Latencies:
+def _row_less_attack(period, checkpoint, name, extra, case, passes, log, sing) -> Latencies:
     """One sing-synth with the options ``extra``; ``passes(sender, cap, synth)`` plays the notes
     and returns their first onsets, the same notes' onsets from the cache (their own attack)
     and a word on the run.  The row: the first onsets less the attacks (`attack_removed`)."""
     sender, cap = R.MidiSender(), R.Capture()
     try:
         args = common.sing_command(checkpoint, period, name, *extra)
-        with R.Synth(args, sender, cap) as synth:
+        with sing.synth(args, sender, cap) as synth:
             time.sleep(0.3)
             warm_up(sender, cap)
             frames, attacks, about = passes(sender, cap, synth)
         late, first = attack_removed(frames, attacks, period)
-        result = Latencies("sing-synth", case, period, late, left_out=len(frames) - len(late))
+        result = Latencies(sing.label, case, period, late, left_out=len(frames) - len(late))
         raw = Latencies("", "", period, first)
         result.note = (f"the notes' own attack taken off (with it: p50 {common.fmt(raw.ms(50))}, "
                        f"p99 {common.fmt(raw.ms(99))}, max {common.fmt(raw.ms(100))} ms); {about}; "
                        f"{missed(cap)}")
-        log(f"  sing-synth p{period}: {case} p50 {result.ms(50):.1f} ms")
+        log(f"  {sing.label} p{period}: {case} p50 {result.ms(50):.1f} ms")
         return result
     finally:
         sender.close()
@@ -288,31 +309,33 @@ SYNTHS = ("sing", "stored", "portaudio", "busy", "program", "fluidsynth")
 PROGRAM_NOTES = 48     # rounds of the program-change row (two notes each)
 
 
-def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synths=SYNTHS) -> list:
+def run(periods=(256, 64), notes=200, checkpoint=None, busy_periods=(256,), synths=SYNTHS,
+        sing=Sing()) -> list:
     """Every row, for every period; returns a list of `Latencies`.  ``checkpoint`` None:
-    sing-synth plays its test tone (the rig's check, no model)."""
+    sing-synth plays its test tone (the rig's check, no model); ``sing``: how it starts."""
     results = []
     for period in periods:      # one server, and one process (`common.isolated`), per period
         results += common.isolated(period_rows, period, notes, checkpoint,
-                                   period in busy_periods, tuple(synths))
+                                   period in busy_periods, tuple(synths), sing)
     return results
 
 
-def period_rows(period, notes, checkpoint, busy, synths) -> list:
+def period_rows(period, notes, checkpoint, busy, synths, sing=Sing()) -> list:
     keys = piano_keys(notes)
     results = []
     with common.jack_server(period), tempfile.TemporaryDirectory(prefix="singbench-store-") as store:
         if "sing" in synths or "stored" in synths:
-            rows = run_sing(period, checkpoint, keys, "jack", store=store)
+            rows = run_sing(period, checkpoint, keys, "jack", store=store, sing=sing)
             results += rows if "sing" in synths else []
         if "stored" in synths and checkpoint is not None:
-            results.append(run_sing_stored(period, checkpoint, keys, store))
+            results.append(run_sing_stored(period, checkpoint, keys, store, sing=sing))
         if "portaudio" in synths:
-            results += run_sing(period, checkpoint, keys, "portaudio")[1:]
+            results += run_sing(period, checkpoint, keys, "portaudio", sing=sing)[1:]
         if "busy" in synths and busy:
-            results.append(run_sing_busy(period, checkpoint, busy_notes(notes)))
+            results.append(run_sing_busy(period, checkpoint, busy_notes(notes), sing=sing))
         if "program" in synths and busy and checkpoint is not None:
-            results.append(run_sing_program(period, checkpoint, program_notes(min(notes, PROGRAM_NOTES))))
+            results.append(run_sing_program(period, checkpoint, program_notes(min(notes, PROGRAM_NOTES)),
+                                            sing=sing))
         if "fluidsynth" in synths:
             results.append(run_fluidsynth(period, keys))
     return results
@@ -343,16 +366,24 @@ def main(argv=None) -> int:
                    help="rows to run: sing (JACK backend), stored (not cached, in the note store), "
                         "portaudio, busy (prewarm running), program (right after a program "
                         "change), fluidsynth")
+    p.add_argument("--gpu-emulation", type=float, nargs=2, default=None,
+                   metavar=("RENDER_MS", "URGENT_MS"),
+                   help="sing-synth in a GPU's regime (bench.gpu_emulation): its model's steps "
+                        "replaced by waits of RENDER_MS per 32-note prewarm batch and URGENT_MS per "
+                        "urgent batch (an H100's graphed small model: 3 2)")
     args = p.parse_args(argv)
     if args.notes < 1 or any(x < 16 for x in args.periods):
         p.error("--notes must be >= 1 and --periods >= 16")
+    if args.gpu_emulation and (args.test_tone or min(args.gpu_emulation) < 0):
+        p.error("--gpu-emulation takes two waits >= 0 ms, and a model (not --test-tone)")
+    sing = Sing.gpu_emulated(*args.gpu_emulation) if args.gpu_emulation else Sing()
 
     def text():
         if args.test_tone:
             ckpt, label = None, "none: sing-synth's test tone"
         else:
             ckpt, label = common.bench_checkpoint(args.checkpoint)
-        results = run(args.periods, args.notes, ckpt, synths=args.synths)
+        results = run(args.periods, args.notes, ckpt, synths=args.synths, sing=sing)
         return f"checkpoint: {label}\n\n{markdown(results)}"
     return common.print_or_error(text)
 

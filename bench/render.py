@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .common import table
+from .gpu_emulation import waiting_stages
 from sing_synth.config import SIZES, SingConfig, named_config
 from sing_synth.fast import FastRenderer, GraphedRenderer, best_dtype
 from sing_synth.model import SING
@@ -327,8 +328,8 @@ def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=Non
                       graphs=False if render_ms is not None else None) as renderer:
         if render_ms is not None:
             urgent_ms = render_ms if urgent_ms is None else urgent_ms
-            renderer.fast.stages = _waiting_stages(render_ms / 1e3, urgent_ms / 1e3,
-                                                   renderer.config.length, renderer.config.stride)
+            renderer.fast.stages = waiting_stages(render_ms / 1e3, urgent_ms / 1e3,
+                                                  renderer.config.length, renderer.config.stride)
         names = list(renderer.instruments.values())
         notes = [(instrument_key(n), p, v) for n in names for p in range(36, 84) for v in (1, 3)]
         renderer.prewarm(notes[:max(2 * keys * batch, 4 * batch)])
@@ -349,21 +350,6 @@ def inflight_benchmark(checkpoint, keys=60, batch=32, render_ms=None, device=Non
               for phase in ("rendering", "handing over")}
     return {"device": status["device"], "batch": batch, "render_ms": render_ms, "urgent_ms": urgent_ms,
             "notes": len(delays), "phases": phases, **_delay_stats(list(delays.values()))}
-
-
-def _waiting_stages(seconds: float, urgent_seconds: float, length: int, stride: int):
-    """`FastRenderer.stages`' protocol without a model: a prewarm batch (no head asked for)
-    waits ``seconds`` in one step; an urgent batch waits ``urgent_seconds`` and yields its head
-    first; both return quiet noise."""
-    waves = torch.randn(1, length).mul_(0.1)
-
-    def stages(instrument, pitch, velocity, head_frames=0, **_):
-        whole = waves.expand(len(pitch), length)
-        time.sleep(urgent_seconds if head_frames else seconds)
-        if head_frames:
-            yield whole[:, :head_frames * stride]
-        return whole
-    return stages
 
 
 def _delay_stats(delays, prefix="") -> dict:

@@ -383,6 +383,37 @@ def test_latency_bench_runs_on_jack_with_the_test_tone():
     assert float(rows[1][6]) < 256 / 48                      # cached: within the note-on's period
 
 
+@pytest.mark.skipif(shutil.which("jackd") is None, reason="needs jackd")
+def test_gpu_emulated_latency_rows_render_by_waits(tmp_path):
+    """`bench.latency --gpu-emulation`: sing-synth starts through `bench.gpu_emulation`, whose
+    renderer waits instead of running the model: a not-cached note sounds after the urgent
+    wait (60 ms, longer than the random model's render here) and within a few periods of it."""
+    ckpt = common.random_checkpoint(tmp_path / "random.pt")
+    r = subprocess.run([sys.executable, "-m", "bench.latency", "--gpu-emulation", "5", "60",
+                        "--checkpoint", str(ckpt), "--notes", "3", "--periods", "256",
+                        "--synths", "sing"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()
+            if line.startswith("| sing-synth")]
+    assert [row[:2] for row in rows] == [["sing-synth (GPU emulated)", "not cached, idle renderer"],
+                                         ["sing-synth (GPU emulated)", "cached"]]
+    assert rows[0][3] == "3" and 60 <= float(rows[0][4]) <= float(rows[0][6]) < 60 + 4 * 256 / 48
+    assert float(rows[1][6]) < 256 / 48
+    bad = subprocess.run([sys.executable, "-m", "bench.latency", "--test-tone", "--gpu-emulation",
+                          "3", "2"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--gpu-emulation" in bad.stderr
+
+
+def test_gpu_emulation_command_line():
+    from bench import gpu_emulation
+    args = gpu_emulation.parse_args(["--render-ms", "4", "--", "--virtual", "x"])
+    assert (args.render_ms, args.urgent_render_ms, args.batch) == (4.0, 2.0, 32)
+    assert args.synth_args == ["--virtual", "x"]
+    for bad in (["--render-ms", "-1"], ["--batch", "0"]):
+        with pytest.raises(SystemExit):
+            gpu_emulation.parse_args(bad)
+
+
 def test_capture_zeroes_the_cycles_it_missed():
     """A missed cycle reads as silence, not as what the ring held a lap ago; across the wrap."""
     from bench.jack_rig import Capture

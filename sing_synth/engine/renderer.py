@@ -58,6 +58,7 @@ RESAMPLE_CHUNK = 4096   # model-rate samples resampled per soxr call (~0.1 ms ho
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
 DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
 HEAD_FRAMES = 32      # an urgent note's head: its first 32 frames (~0.4 s), delivered first
+GIVE_WAY_S = 0.02     # the longest a prewarm batch's resampling pauses for a key pressed meanwhile
 FADE_IN_S = 0.001    # against a click at the very first sample
 FADE_OUT_S = 0.010   # a note that is cut at 4 s by the model's length ends on zero
 
@@ -445,6 +446,7 @@ class NoteRenderer(WorkerQueue):
         self._last_batch_n = 0
         self._closed = False
         self._nice = None                  # the worker's ThreadNice, made on its thread
+        self._giving_way = threading.local()   # .keys: the prewarm batch this thread prepares
         ramp_in = np.linspace(0, 1, max(2, int(FADE_IN_S * self.stream_rate)), dtype=np.float32)
         ramp_out = np.linspace(0, 1, max(2, int(FADE_OUT_S * self.stream_rate)), dtype=np.float32)
         self._fade_in = np.sin(0.5 * np.pi * ramp_in) ** 2      # raised-cosine ramps
@@ -658,11 +660,16 @@ class NoteRenderer(WorkerQueue):
         written there; the renderer is not idle (`wait_idle`) before the writes are done."""
         with self._cond:
             self._busy += 1
+        outer = getattr(self._giving_way, "keys", None)
+        # a prewarm batch gives way to the urgent lane (`_give_way`); an urgent one served
+        # between its steps (`_serve_urgent`) gives way to nobody
+        self._giving_way.keys = frozenset(batch) if preempt and self._lanes else None
         try:
             batch = self._from_store(batch)
             if batch:
                 self._render_steps(batch, preempt)
         finally:
+            self._giving_way.keys = outer
             with self._cond:
                 self._busy -= 1
                 self._cond.notify_all()
@@ -843,11 +850,30 @@ class NoteRenderer(WorkerQueue):
                 if asked is not None:
                     self._urgent_delays.append(now - asked)
                 ready.append((key, f[0]))
+            self._cond.notify_all()      # a prewarm batch giving way to these keys goes on
         self._call(callbacks, ready)
         return filling
 
-    @staticmethod
-    def _append(note, written: int, wave, resampler, last: bool) -> int:
+    def _give_way(self) -> None:
+        """Called between two pieces of resampling: in a prewarm batch (`_run_steps`), pauses
+        while a key pressed less than ``GIVE_WAY_S`` ago, and not in this batch, waits for the
+        urgent lane to hand its head over.  Resampling holds the GIL, in pieces of ~0.1 ms:
+        the lane, which needs the GIL in many short turns to start a render and to resample
+        and hand over the head, waited up to a switch interval for each turn, ~1-2 ms a key in
+        all on a GPU's busy renderer (GPU emulated, `bench.gpu_emulation`)."""
+        keys = getattr(self._giving_way, "keys", None)
+        if not keys or not self._requested_at:       # unlocked peek; checked again below
+            return
+        with self._cond:
+            while not self._closed:
+                now = time.perf_counter()
+                left = max((GIVE_WAY_S - (now - t) for k, t in self._requested_at.items()
+                            if k not in keys), default=0.0)
+                if left <= 0:
+                    return
+                self._cond.wait(left)
+
+    def _append(self, note, written: int, wave, resampler, last: bool) -> int:
         wave = np.nan_to_num(np.asarray(wave, np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         if resampler is None:
             n = max(0, min(len(wave), len(note) - written))
@@ -856,6 +882,7 @@ class NoteRenderer(WorkerQueue):
         # soxr holds the GIL while it works (~1.7 ms for a whole note here): in short pieces the
         # audio callback, which needs the GIL every period, never waits long for it
         for start in range(0, max(len(wave), 1), RESAMPLE_CHUNK):
+            self._give_way()
             piece = wave[start:start + RESAMPLE_CHUNK]
             out = resampler.resample_chunk(piece, last=last and start + RESAMPLE_CHUNK >= len(wave))
             n = max(0, min(len(out), len(note) - written))

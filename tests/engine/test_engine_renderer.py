@@ -311,6 +311,79 @@ def test_a_key_whose_note_is_in_a_rendering_prewarm_batch_is_rendered_at_once(
         assert at_delivery[prewarm[1]] == 1 < at_delivery[prewarm[0]] == len(steps_done)
 
 
+class ChunkCounter:
+    """A renderer's resamplers, counting the pieces each thread resamples (`_append`)."""
+    def __init__(self, renderer):
+        self.make, self.counts, self.lock = renderer._resampler, {}, threading.Lock()
+        renderer._resampler = self
+
+    def __call__(self):
+        resampler, counter = self.make(), self
+
+        class Counted:
+            def resample_chunk(self, piece, last=False):
+                with counter.lock:
+                    name = threading.current_thread().name
+                    counter.counts[name] = counter.counts.get(name, 0) + 1
+                return resampler.resample_chunk(piece, last=last)
+        return Counted()
+
+    def worker(self) -> int:
+        with self.lock:
+            return self.counts.get("sing-note-renderer", 0)
+
+
+@pytest.mark.parametrize("give_way_s", [30.0, 0.3])
+def test_a_prewarm_batch_pauses_its_resampling_while_a_key_pressed_meanwhile_renders(
+        tiny_checkpoint, one_thread, monkeypatch, give_way_s):
+    """A key pressed while the worker resamples a prewarm batch (holding the GIL in pieces):
+    the worker stops between two pieces until the urgent lane has handed that key's head over,
+    then goes on; it never stops longer than GIVE_WAY_S for a key (here the lane is held up on
+    purpose: with a bound of 0.3 s the batch is done before the key's note)."""
+    from sing_synth.engine import renderer as renderer_module
+    monkeypatch.setattr(renderer_module, "GIVE_WAY_S", give_way_s)
+    recorder = Recorder()
+    flute = instrument_key("flute")
+    prewarm, pressed = [(flute, p, 3) for p in (60, 59, 61, 58)], (flute, 70, 3)
+    lane_started, go = threading.Event(), threading.Event()
+    with NoteRenderer(tiny_checkpoint, device="cpu", prewarm_batch_size=4, on_ready=recorder,
+                      dtype=torch.float32, urgent_lane=True, head_frames=32) as renderer:
+        stages, prepare, chunks = renderer.fast.stages, renderer._prepare, ChunkCounter(renderer)
+
+        def held_stages(*args, head_frames=0, **kwargs):     # the lane waits for `go`
+            if head_frames:
+                lane_started.set()
+                assert go.wait(30)
+            return (yield from stages(*args, head_frames=head_frames, **kwargs))
+
+        def pressing_prepare(wave):          # the batch's first note: the key is pressed
+            if not lane_started.is_set() and renderer.request(pressed) is not None:
+                raise AssertionError("the pressed key was cached")
+            return prepare(wave)
+
+        renderer.fast.stages, renderer._prepare = held_stages, pressing_prepare
+        renderer.prewarm(prewarm)
+        assert lane_started.wait(30)
+        if give_way_s > 1:
+            before = chunks.worker()
+            time.sleep(0.4)
+            assert chunks.worker() == before <= 1          # paused at its first piece
+            assert recorder.keys == []
+        else:
+            for _ in range(300):                         # the bound: the batch goes on
+                if len(recorder.keys) == len(prewarm):
+                    break
+                time.sleep(0.05)
+            assert recorder.keys == prewarm
+        go.set()
+        assert renderer.wait_idle(timeout=60)
+        status = renderer.status()
+    assert sorted(recorder.keys) == sorted(prewarm + [pressed])
+    if give_way_s > 1:
+        assert recorder.keys == [pressed] + prewarm       # the key's head, then the batch
+    assert status["rendered"] == 5 and status["errors"] == 0 and status["filling"] == 0
+
+
 def test_a_note_that_fails_to_prepare_fails_the_rest_of_its_batch_only(tiny_checkpoint, one_thread):
     recorder = Recorder()
     flute = instrument_key("flute")
