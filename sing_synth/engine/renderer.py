@@ -15,7 +15,9 @@ key waits for one step, never for a whole batch.  An urgent note is rendered hea
 LSTM's first steps and the decoder's first 32 frames give its first ~0.4 s exactly (the LSTM is
 causal, frames overlap only their neighbours), which is handed out at once while the rest of
 the array is written behind it, long before playback gets there.  On the small model that is
-~1/8 of a note's render time before it sounds (bench/RESULTS.md).
+~1/8 of a note's render time before it sounds (bench/RESULTS.md).  While such a key waits for its
+head, the worker's resampling of a prewarm batch pauses (`NoteRenderer._give_way`, at most
+``GIVE_WAY_S`` a key): resampling holds the GIL, which the lane needs in many short turns.
 
 Notes nobody waits for any more (released or silenced before they were rendered) are withdrawn
 from the urgent queue (`WorkerQueue.cancel`), and a preset no channel plays any more from the
