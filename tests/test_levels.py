@@ -232,6 +232,29 @@ def test_the_note_renderer_applies_the_calibration(tmp_path, urgent):
     assert np.abs(raw0).max() > 1e-3
 
 
+def test_the_note_renderer_keeps_each_blends_inputs_and_gains(tmp_path, monkeypatch):
+    """The gains a batch gets are the calibration's for its inputs, blends and pitches outside
+    the calibrated range included; made once per blend (all its pitches), then kept."""
+    from sing_synth.engine import NoteRenderer, renderer as renderer_module
+    with NoteRenderer(calibrated_checkpoint(tmp_path), device="cpu", stream_rate=SAMPLE_RATE,
+                      dtype=torch.float32, threads=1, urgent_lane=False) as renderer:
+        blend = {"synth_test_000": 1, "synth_test_001": 3}
+        batch = [renderer.make_key(inst, pitch, 100) for inst, pitch in
+                 [("synth_test_000", 60), ("synth_test_001", 20), (blend, 100), (blend, 61)]]
+        instrument, pitch, _ = renderer._inputs(batch)
+        expected = renderer.levels.gains(instrument, pitch).numpy()[:, None]
+        np.testing.assert_array_equal(renderer._gains(batch), expected)
+        assert len(renderer._blend_cache) == 3
+        calls = []
+        monkeypatch.setattr(renderer.levels, "gains", lambda *a: calls.append(a))
+        np.testing.assert_array_equal(renderer._gains(batch[::-1]), expected[::-1])
+        assert renderer._inputs(batch)[0].equal(instrument) and calls == []
+        monkeypatch.undo()
+        monkeypatch.setattr(renderer_module, "INPUT_CACHE", 3)    # full: emptied, then one more
+        renderer._gains([renderer.make_key({"synth_test_000": 1, "synth_test_001": 1}, 60, 100)])
+        assert len(renderer._blend_cache) == 1
+
+
 def test_eval_reports_the_levels_raw_and_calibrated(tiny_dataset, tmp_path):
     from sing_synth.evaluate import evaluate, level_line
     path = tmp_path / "m.pt"

@@ -56,6 +56,8 @@ URGENT, PREWARM = 0, 1
 PREWARM_BATCH = 2     # default notes per prewarm batch on a CPU ...
 GPU_PREWARM_BATCH = 32  # ... and on a GPU, where a batch of 32 costs little more than one note
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 32)   # batch sizes of the CUDA graphs (`graphs`)
+INPUT_CACHE = 1024    # instrument keys (blends) whose model inputs are kept (`_blend_inputs`)
+PREWARM_HOLD = 32     # prewarm keys queued per hold of the renderer's lock (`prewarm`)
 RESAMPLE_CHUNK = 4096   # model-rate samples resampled per soxr call (~0.1 ms holding the GIL)
 LSTM_CHUNKS = 4       # a batch's LSTM runs in this many steps ...
 DECODER_CHUNK = 32    # ... and its decoder in steps of this many frames (of 257)
@@ -219,34 +221,44 @@ class WorkerQueue:
     def prewarm(self, keys) -> int:
         """Queues ``keys`` behind every urgent request, in the order given (callers order them
         middle octaves first: `prewarm_order`).  Bad keys are skipped (counted in status's
-        errors).  Returns the number of notes queued.  The keys are checked first and queued under
-        one hold of the lock, so a key pressed meanwhile waits for ~0.2 ms, not for the whole list."""
+        errors).  Returns the number of notes queued.  The keys are checked first, then queued
+        ``PREWARM_HOLD`` at a time under the lock: a preset's 365 keys held it ~1 ms at once, and
+        a program change's prewarm comes just when its first key is pressed, whose render (the
+        urgent lane) and note-on (the audio thread's `try_lock`) need the lock."""
         good, errors = [], []
         for key in keys:
             try:
                 good.append(self.check_key(key))
             except ValueError as exc:
                 errors.append(f"prewarm: {exc}")
-        queued = 0
-        with self._cond:
-            if errors:
+        if errors:
+            with self._cond:
                 self._counts["errors"] += len(errors)
                 self._last_error = errors[-1]
-            for key in good:
-                if self._closed or key in self._prewarm_pending:
-                    continue
-                self._prewarm_total += 1
-                if key in self._cache:
-                    self._prewarm_done += 1
-                    continue
-                self._prewarm_pending.add(key)
-                if key in self._in_flight or key in self._queued:
-                    continue
-                self._queued[key] = PREWARM
-                heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
-                queued += 1
-            if queued:
-                self._cond.notify_all()
+        queued = 0
+        for start in range(0, len(good), PREWARM_HOLD):
+            with self._cond:
+                queued += self._queue_prewarm(good[start:start + PREWARM_HOLD])
+        return queued
+
+    def _queue_prewarm(self, keys) -> int:
+        """`prewarm`'s queueing of checked keys (lock held); returns how many were queued."""
+        queued = 0
+        for key in keys:
+            if self._closed or key in self._prewarm_pending:
+                continue
+            self._prewarm_total += 1
+            if key in self._cache:
+                self._prewarm_done += 1
+                continue
+            self._prewarm_pending.add(key)
+            if key in self._in_flight or key in self._queued:
+                continue
+            self._queued[key] = PREWARM
+            heapq.heappush(self._heap, (PREWARM, next(self._seq), key))
+            queued += 1
+        if queued:
+            self._cond.notify_all()
         return queued
 
     def cancel(self, keys) -> int:
@@ -416,6 +428,7 @@ class NoteRenderer(WorkerQueue):
         self.cache_limit = int(float(cache_mb) * 2 ** 20)
         self.instruments = {int(k): str(v) for k, v in checkpoint.instruments.items()}
         self._ids = {name: idx for idx, name in self.instruments.items()}
+        self._blend_cache: dict = {}       # instrument key -> `_blend_inputs`
         self.levels = checkpoint_levels(checkpoint) if levels else None
         # FastRenderer copies the weights onto the device; the checkpoint's model stays put
         self.fast = FastRenderer(checkpoint.model.eval(), dtype=self.dtype, device=self.device)
@@ -686,7 +699,7 @@ class NoteRenderer(WorkerQueue):
         try:
             head_frames = 0 if preempt else self.head_frames
             inputs = self._inputs(batch)
-            gains = self._gains(*inputs)
+            gains = self._gains(batch)
             if self.graphs:
                 steps = self._graph_stages(inputs, head_frames)
             else:
@@ -980,22 +993,38 @@ class NoteRenderer(WorkerQueue):
 
     def _inputs(self, batch) -> tuple:
         """The model's inputs for ``batch``: blend weights, pitches, velocity rows."""
-        instrument = torch.stack([self._vector(key[0]) for key in batch]).to(self.device)
+        instrument = torch.stack([self._blend_inputs(key[0])[0] for key in batch]).to(self.device)
         pitch = torch.tensor([int(key[1]) for key in batch], device=self.device)
         velocity = torch.tensor([int(key[2]) for key in batch], device=self.device)
         return instrument, pitch, velocity
 
-    def _gains(self, instrument, pitch, _velocity=None):
-        """Each note's level correction from `_inputs`, `[B, 1]` (1.0 without a calibration)."""
+    def _gains(self, batch):
+        """Each note's level correction, `[B, 1]` (1.0 without a calibration)."""
         if self.levels is None:
             return np.float32(1.0)
-        return self.levels.gains(instrument, pitch).numpy().astype(np.float32)[:, None]
+        return np.array([[self._blend_inputs(key[0])[1][int(key[1])]] for key in batch], np.float32)
+
+    def _blend_inputs(self, inst) -> tuple:
+        """(blend weights ``[n_instruments]``, level gain of every pitch ``[n_pitches]``) of an
+        instrument key, kept (``INPUT_CACHE`` blends): made for each key they cost ~15 small
+        torch calls, each giving the GIL up, ~0.5 ms between a key press and its render in the
+        live process."""
+        inputs = self._blend_cache.get(inst)
+        if inputs is None:
+            weights = self._vector(inst)
+            pitches = torch.arange(self.config.n_pitches)
+            gains = (np.ones(len(pitches), np.float32) if self.levels is None else
+                     self.levels.gains(weights.expand(len(pitches), -1), pitches).numpy().astype(np.float32))
+            if len(self._blend_cache) >= INPUT_CACHE:
+                self._blend_cache.clear()
+            inputs = self._blend_cache[inst] = (weights, gains)
+        return inputs
 
     def _render(self, batch) -> list:
         """Renders a batch in one go on the model's device; returns float32 arrays at the stream rate."""
         inputs = self._inputs(batch)
         with torch.inference_mode():
-            waves = self.fast(*inputs).float().cpu().numpy() * self._gains(*inputs)
+            waves = self.fast(*inputs).float().cpu().numpy() * self._gains(batch)
         return [self._prepare(wave) for wave in waves]
 
     def _prepare(self, wave: np.ndarray) -> np.ndarray:

@@ -430,6 +430,26 @@ def test_render_worker_threads_leave_a_core(tiny_checkpoint):
         assert renderer.prewarm_batch_size == 2
 
 
+def test_prewarm_queues_a_long_list_a_few_keys_per_hold_of_the_lock(tiny_checkpoint, one_thread):
+    """A preset's ~365 keys held the lock ~1 ms at once, just when its first key is pressed."""
+    from sing_synth.engine.renderer import PREWARM_HOLD
+    renderer = NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32, urgent_lane=False)
+    held, queue = [], renderer._queue_prewarm
+
+    def counting(keys):
+        held.append((len(keys), renderer._cond._is_owned()))
+        return queue(keys)
+
+    renderer._queue_prewarm = counting
+    keys = [(instrument_key(0), p, row) for row in range(2) for p in range(30, 80)]
+    try:
+        assert renderer.prewarm(keys + keys[:5]) == 100
+        assert renderer.status()["prewarm_total"] == 100
+    finally:
+        renderer.close(timeout=30)
+    assert held == [(PREWARM_HOLD, True)] * 3 + [(105 - 3 * PREWARM_HOLD, True)]
+
+
 def test_close_while_a_prewarm_batch_renders_stops_at_the_next_step(tiny_checkpoint, one_thread):
     renderer = NoteRenderer(tiny_checkpoint, device="cpu", dtype=torch.float32)
     renderer.prewarm([(instrument_key(0), p, 2) for p in range(40, 80)])
