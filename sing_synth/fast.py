@@ -118,16 +118,15 @@ class FastRenderer(nn.Module):
         a note can start playing while the rest renders).  The result equals `forward`'s up to
         the GEMMs' rounding."""
         seq = self.sequence_generator
-        config = self.config
-        symbols = seq.symbols(instrument, pitch, velocity)
-        steps = config.steps
+        steps = self.config.steps
         parts, state, done, head = [], None, 0, None
         if head_frames > 0:
-            done = min(steps, head_frames + config.kernel - 1)
-            out, state = seq.run(symbols, pitch, 0, done, None)
+            wave, (symbols, _, out, state, head) = self.head(instrument, pitch, velocity, head_frames)
             parts.append(out)
-            head = self.frames(self.windows(out))
-            yield self.head_wave(head)
+            done = out.shape[1]
+            yield wave
+        else:
+            symbols = seq.symbols(instrument, pitch, velocity)
         chunks = max(1, lstm_chunks)
         bounds = [done + round((steps - done) * i / chunks) for i in range(chunks + 1)]
         for a, b in zip(bounds[:-1], bounds[1:]):
@@ -141,6 +140,28 @@ class FastRenderer(nn.Module):
             frames.append(self.frames(windows[:, a:a + decoder_chunk]))
             yield
         return self.overlap_add(torch.cat(frames, dim=1))
+
+    @torch.no_grad()
+    def head(self, instrument, pitch, velocity, head_frames: int) -> tuple:
+        """The first step of a head-first render (`stages`): the LSTM's first ``head_frames +
+        kernel - 1`` steps and the decoder's first ``head_frames`` frames.  Returns (the note's
+        head `[B, samples]`, `head_wave`; what `rest` goes on from)."""
+        seq, config = self.sequence_generator, self.config
+        symbols = seq.symbols(instrument, pitch, velocity)
+        out, state = seq.run(symbols, pitch, 0, min(config.steps, head_frames + config.kernel - 1))
+        frames = self.frames(self.windows(out))
+        return self.head_wave(frames), (symbols, pitch, out, state, frames)
+
+    @torch.no_grad()
+    def rest(self, carry) -> torch.Tensor:
+        """The rest of a `head` render in one run: the whole waveform `[B, length]`, equal to
+        `stages`' (and to `forward`'s up to the GEMMs' rounding)."""
+        symbols, pitch, out, state, head = carry
+        parts, done = [out], out.shape[1]
+        if done < self.config.steps:
+            parts.append(self.sequence_generator.run(symbols, pitch, done, self.config.steps - done, state)[0])
+        windows = self.windows(torch.cat(parts, dim=1))
+        return self.overlap_add(torch.cat([head, self.frames(windows[:, head.shape[1]:])], dim=1))
 
     @torch.no_grad()
     def forward(self, instrument, pitch, velocity) -> torch.Tensor:
@@ -159,6 +180,10 @@ class GraphedRenderer:
     paying Python's and the launches' overhead.  Graphs share one memory pool: calls must not run
     concurrently (one renderer thread).
 
+    Head first (`head`, then `rest`): a bucket has two more graphs, `FastRenderer.head` (the
+    LSTM's first steps and the decoder's first frames: what a key pressed now waits for) and
+    `FastRenderer.rest` (the rest of the same notes, from the first graph's static state).
+
     Off CUDA (or with ``capture=False``) the same buckets run eagerly on the static inputs, which
     keeps the padding and slicing testable on a CPU.
 
@@ -175,6 +200,8 @@ class GraphedRenderer:
         self.capture = self.device.type == "cuda" if capture is None else bool(capture)
         self.buckets = sorted(set(int(b) for b in buckets))
         self._slots = {}     # (bucket, instrument ndim, instrument dtype) -> [graph, inputs, output]
+        self._heads = {}     # (head_frames, bucket, ndim, dtype) -> [(head, rest) steps, inputs]
+        self._pending = None     # `head`'s steps and batch size, or the whole notes, for `rest`
         self._pool = None
 
     def __call__(self, instrument, pitch, velocity) -> torch.Tensor:
@@ -185,46 +212,107 @@ class GraphedRenderer:
             pieces.append(self._run(instrument[start:end], pitch[start:end], velocity[start:end]))
         return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
+    def head(self, instrument, pitch, velocity, head_frames: int) -> torch.Tensor:
+        """`FastRenderer.head`'s head of each note `[B, samples]` from a graph (one per bucket
+        and ``head_frames``); `rest` then returns the same notes whole.  A batch larger than the
+        largest bucket is rendered whole at once, its head cut from it."""
+        n = int(pitch.shape[0])
+        if n > self.buckets[-1]:
+            self._pending = whole = self(instrument, pitch, velocity)
+            return whole[:, :head_frames * self.fast.config.stride]
+        bucket = next(b for b in self.buckets if b >= n)
+        key = (int(head_frames), bucket, instrument.dim(), instrument.dtype)
+        slot = self._heads.get(key)
+        if slot is None:
+            inputs = self._inputs(bucket, instrument)
+            slot = self._heads[key] = [self._capture_head(inputs, head_frames), inputs]
+        (head, rest), inputs = slot
+        self._fill(inputs, (instrument, pitch, velocity), n)
+        self._pending = (head, rest, n)
+        return self._replay(head)[:n].clone()
+
+    def rest(self) -> torch.Tensor:
+        """The whole notes `[B, length]` of the last `head` call."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            raise RuntimeError("rest() without a head() before it")
+        if isinstance(pending, torch.Tensor):
+            return pending
+        _, rest, n = pending
+        return self._replay(rest)[:n].clone()
+
+    def _capture_head(self, inputs, head_frames: int) -> tuple:
+        """(head, rest) steps, each [graph or None, static output, function]: `FastRenderer.head`
+        of the static inputs, then `FastRenderer.rest` of the head's static state."""
+        head = [None, None, lambda: self.fast.head(*inputs, head_frames)]
+        rest = [None, None, lambda: self.fast.rest(head[1][1])]
+        if self.capture:
+            head[:2] = self._capture(head[2])
+            head[0].replay()          # the rest's warm-up runs read a state, not garbage
+            rest[:2] = self._capture(rest[2])
+        return head, rest
+
+    @staticmethod
+    def _replay(step) -> torch.Tensor:
+        """Replays a head or rest graph (without one: runs its function); its waveform."""
+        graph, _, fn = step
+        if graph is None:
+            step[1] = fn()
+        else:
+            graph.replay()
+        return step[1][0] if isinstance(step[1], tuple) else step[1]
+
     def _run(self, instrument, pitch, velocity) -> torch.Tensor:
         n = int(pitch.shape[0])
         bucket = next(b for b in self.buckets if b >= n)
         slot = self._slot(bucket, instrument)
         graph, inputs, _ = slot
-        for static, value in zip(inputs, (instrument, pitch, velocity)):
-            static[:n].copy_(value)
-            static[n:].copy_(value[:1].expand_as(static[n:]))
+        self._fill(inputs, (instrument, pitch, velocity), n)
         if graph is None:
             slot[2] = self.fast(*inputs)
         else:
             graph.replay()
         return slot[2][:n].clone()
 
+    @staticmethod
+    def _fill(inputs, values, n: int) -> None:
+        """Copies a batch of ``n`` notes into a bucket's static inputs, the spare rows repeating
+        its first note."""
+        for static, value in zip(inputs, values):
+            static[:n].copy_(value)
+            static[n:].copy_(value[:1].expand_as(static[n:]))
+
+    def _inputs(self, bucket: int, instrument) -> tuple:
+        """A bucket's static inputs, valid notes (a blend has all its weight on instrument 0)."""
+        inputs = (torch.zeros((bucket, *instrument.shape[1:]), dtype=instrument.dtype, device=self.device),
+                  torch.full((bucket,), 60, dtype=torch.long, device=self.device),
+                  torch.zeros(bucket, dtype=torch.long, device=self.device))
+        if instrument.dim() > 1:
+            inputs[0][:, 0] = 1
+        return inputs
+
     def _slot(self, bucket: int, instrument) -> list:
         key = (bucket, instrument.dim(), instrument.dtype)
         if key not in self._slots:
-            inputs = (torch.zeros((bucket, *instrument.shape[1:]), dtype=instrument.dtype, device=self.device),
-                      torch.full((bucket,), 60, dtype=torch.long, device=self.device),
-                      torch.zeros(bucket, dtype=torch.long, device=self.device))
-            if instrument.dim() > 1:
-                inputs[0][:, 0] = 1          # a valid blend: all weight on instrument 0
-            graph, output = self._capture(inputs) if self.capture else (None, None)
+            inputs = self._inputs(bucket, instrument)
+            graph, output = self._capture(lambda: self.fast(*inputs)) if self.capture else (None, None)
             self._slots[key] = [graph, inputs, output]
         return self._slots[key]
 
-    def _capture(self, inputs) -> tuple:
-        """(a CUDA graph of ``fast(*inputs)``, its static output).  Warm-up runs go on a side
-        stream first, as capture requires (cuDNN and cuBLAS set up their workspaces).  The pool is
-        shared: one graph's replay may overwrite another's output, hence `_run`'s copy-out."""
+    def _capture(self, fn) -> tuple:
+        """(a CUDA graph of ``fn()``, its static output).  Warm-up runs go on a side stream
+        first, as capture requires (cuDNN and cuBLAS set up their workspaces).  The pool is
+        shared: one graph's replay may overwrite another's output, hence the copies out."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.fast(*inputs)
+                fn()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         # thread_local: another renderer thread may sync or allocate while this one captures
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            output = self.fast(*inputs)
+            output = fn()
         return graph, output

@@ -95,3 +95,61 @@ def test_graphed_output_survives_the_next_call_and_takes_blends():
 def test_graphed_rejects_empty_buckets():
     with pytest.raises(ValueError):
         GraphedRenderer(tiny_fast(), buckets=())
+
+
+def _stages(fast, inputs, head_frames):
+    """`FastRenderer.stages`' head and whole waveform."""
+    steps = fast.stages(*inputs, head_frames=head_frames)
+    head = next(steps)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return head, done.value
+
+
+class FakeGraph:
+    """Stands in for a CUDA graph on a CPU: capture runs ``fn`` once, replay runs it again and
+    writes its result into the captured (static) output in place, as a graph's kernels do."""
+    def __init__(self, fn):
+        self.fn, self.output = fn, fn()
+
+    def replay(self):
+        _copy_into(self.output, self.fn())
+
+
+def _copy_into(dst, src):
+    if isinstance(dst, torch.Tensor):
+        dst.copy_(src)
+    else:
+        for d, s in zip(dst, src):
+            _copy_into(d, s)
+
+
+@pytest.mark.parametrize("n, fake_graphs", [(1, False), (3, False), (3, True), (11, False)])
+def test_graphed_head_then_rest_give_stages_head_and_whole_notes(n, fake_graphs):
+    """`GraphedRenderer.head` gives what `stages` yields first, `rest` the whole notes; 3 notes
+    pad a bucket of 4; 11 are more than the largest bucket (rendered whole, the head cut from
+    them).  With stand-in graphs, the rest's graph reads the head graph's static state."""
+    fast = tiny_fast()
+    graphed = GraphedRenderer(fast, buckets=(1, 4, 8), capture=False)
+    if fake_graphs:
+        graphed.capture = True
+        graphed._capture = lambda fn: (lambda g: (g, g.output))(FakeGraph(fn))
+    g = torch.Generator().manual_seed(n)
+    inputs = (torch.randint(0, 4, (n,), generator=g), torch.randint(24, 97, (n,), generator=g),
+              torch.randint(0, 5, (n,), generator=g))
+    head, whole = _stages(fast, inputs, 8)
+    for _ in range(2):           # the second call replays what the first one made
+        got_head = graphed.head(*inputs, 8)
+        got_whole = graphed.rest()
+        if n <= 8:
+            torch.testing.assert_close(got_head, head, rtol=1e-5, atol=1e-6)
+        else:
+            torch.testing.assert_close(got_head, whole[:, :8 * fast.config.stride])
+        torch.testing.assert_close(got_whole, whole, rtol=1e-5, atol=1e-6)
+        inputs = tuple(x.flip(0) for x in inputs)
+        head, whole = _stages(fast, inputs, 8)
+    assert len(graphed._heads) == (n <= 8)
+    with pytest.raises(RuntimeError):
+        graphed.rest()

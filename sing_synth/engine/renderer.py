@@ -385,10 +385,10 @@ class NoteRenderer(WorkerQueue):
         levels: multiply each note by its instrument's level correction when the checkpoint has
             one (`levels.Levels`: the level of the notes it trained on, which the presets' gains
             assume); False renders the model's raw level.
-        graphs: render whole batches from CUDA graphs (`fast.GraphedRenderer`, one set per
-            thread) instead of in steps (default: on CUDA).  On an H100 a whole small note takes
-            ~2 ms from a graph, where the eager head alone took ~6 ms of kernel launches; an
-            urgent note's head is still handed over before the rest is resampled.
+        graphs: render from CUDA graphs (`fast.GraphedRenderer`, one set per thread) instead
+            of in steps (default: on CUDA): a prewarm batch whole; an urgent one head first, from
+            a graph of its head's frames, then one of the rest.  On an H100 a whole small note
+            takes ~2 ms from a graph, where the eager head alone took ~6 ms of kernel launches.
         store: a `store.NoteStore` (see `open_store`): each note is looked up there before it
             is rendered, and every note rendered is written there, for this and later sessions.
 
@@ -434,6 +434,7 @@ class NoteRenderer(WorkerQueue):
         self.fast = FastRenderer(checkpoint.model.eval(), dtype=self.dtype, device=self.device)
         self.graphs = self.device.type == "cuda" if graphs is None else bool(graphs)
         self._graphed = {}                 # thread id -> its GraphedRenderer (static buffers)
+        self._head_graphs = True           # urgent notes from head and rest graphs (`_graph_stages`)
         self.note_length = int(round(self.config.length * self.stream_rate / self.model_rate))
         self.store = store
 
@@ -828,11 +829,25 @@ class NoteRenderer(WorkerQueue):
         self._deliver([key], [note], None, started=True, source=source)
 
     def _graph_stages(self, inputs, head_frames: int):
-        """`FastRenderer.stages`' protocol from this thread's CUDA graphs (`graphs`): the whole
-        batch in one replay, its head (``head_frames`` frames) yielded first when asked for."""
+        """`FastRenderer.stages`' protocol from this thread's CUDA graphs (`graphs`): a prewarm
+        batch in one replay; with ``head_frames`` (a key pressed now) the head's graph first,
+        whose head is yielded, then the rest's (`GraphedRenderer.head`): on an H100 the whole
+        `small` note took 1.9 ms at batch 1, ~1.6 ms of it after the head's frames.  A head
+        graph that cannot be captured is reported and whole notes are rendered from then on."""
         graphed = self._graphed.get(threading.get_ident())
         if graphed is None:
             graphed = self._graphed[threading.get_ident()] = GraphedRenderer(self.fast, GRAPH_BUCKETS)
+        if head_frames and self._head_graphs:
+            try:
+                head = graphed.head(*inputs, head_frames)
+            except RuntimeError as exc:
+                self._head_graphs = False
+                with self._cond:
+                    self._counts["errors"] += 1
+                    self._last_error = f"head graph: {' '.join(str(exc).split())[:200]}; whole notes from now on"
+            else:
+                yield head
+                return graphed.rest()
         waves = graphed(*inputs)
         if head_frames:
             yield waves[:, :head_frames * self.config.stride]

@@ -490,6 +490,31 @@ def test_urgent_note_is_handed_out_head_first_then_completed(tiny_checkpoint, on
     assert status["rendered"] == 1 and status["errors"] == 0 and len(renderer.urgent_delays_ms) == 1
 
 
+def test_a_head_graph_that_cannot_be_captured_leaves_whole_notes_from_graphs(
+        tiny_checkpoint, one_thread, monkeypatch):
+    from sing_synth.fast import GraphedRenderer
+    tries = []
+
+    def failing_head(self, *args):
+        tries.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphedRenderer, "head", failing_head)
+    recorder = Recorder()
+    with NoteRenderer(tiny_checkpoint, device="cpu", on_ready=recorder, dtype=torch.float32,
+                      head_frames=32, graphs=True, urgent_lane=False) as renderer:
+        keys = [(instrument_key("flute"), p, 3) for p in (60, 61)]
+        for key in keys:
+            assert renderer.request(key) is None
+            assert renderer.wait_idle(timeout=60)
+        status = renderer.status()
+        whole = renderer._render(keys)
+    assert tries == [1] and recorder.keys == keys and status["rendered"] == 2
+    assert status["errors"] == 1 and "head graph" in status["last_error"]
+    for key, note in zip(keys, whole):
+        np.testing.assert_allclose(renderer.get(key), note, atol=1e-6)
+
+
 @pytest.mark.parametrize("graphs", [False, True])
 def test_head_first_off_and_for_prewarm(tiny_checkpoint, one_thread, graphs):
     recorder = Recorder()
