@@ -349,9 +349,12 @@ def test_late_cycles_tell_overruns_from_cycles_the_server_began_late():
     assert r.returncode == 0, r.stderr[-2000:]
     cycles = ast.literal_eval(r.stdout.strip().splitlines()[-1])
     period_us = 1e6 * 256 / 48000
-    assert cycles and all(had is not None for _, had in cycles)
-    assert not mixer.in_short_cycle(cycles[0][1], period_us)         # the overrun: a full period
-    assert any(mixer.in_short_cycle(had, period_us) for _, had in cycles[1:])
+    # jackd logs the graph's time before the late clients it finds; under load it also finds
+    # some without that line (no time: `late_causes` counts those as the client's own)
+    known = [(state, had) for state, had in cycles if had is not None]
+    assert known and len(known) >= len(cycles) / 2, cycles
+    assert not mixer.in_short_cycle(known[0][1], period_us)         # the overrun: a full period
+    assert any(mixer.in_short_cycle(had, period_us) for _, had in known[1:])
 
 
 def test_bench_command_line_rejects_bad_input(capsys):
