@@ -199,7 +199,7 @@ class GraphedRenderer:
         self.device = fast.w0.device
         self.capture = self.device.type == "cuda" if capture is None else bool(capture)
         self.buckets = sorted(set(int(b) for b in buckets))
-        self._slots = {}     # (bucket, instrument ndim, instrument dtype) -> [graph, inputs, output]
+        self._slots = {}     # (bucket, instrument ndim, instrument dtype) -> [step, inputs]
         self._heads = {}     # (head_frames, bucket, ndim, dtype) -> [(head, rest) steps, inputs]
         self._pending = None     # `head`'s steps and batch size, or the whole notes, for `rest`
         self._pool = None
@@ -254,7 +254,8 @@ class GraphedRenderer:
 
     @staticmethod
     def _replay(step) -> torch.Tensor:
-        """Replays a head or rest graph (without one: runs its function); its waveform."""
+        """Replays a step's graph, [graph or None, static output, function] (without a graph:
+        runs its function); its waveform."""
         graph, _, fn = step
         if graph is None:
             step[1] = fn()
@@ -265,14 +266,9 @@ class GraphedRenderer:
     def _run(self, instrument, pitch, velocity) -> torch.Tensor:
         n = int(pitch.shape[0])
         bucket = next(b for b in self.buckets if b >= n)
-        slot = self._slot(bucket, instrument)
-        graph, inputs, _ = slot
+        step, inputs = self._slot(bucket, instrument)
         self._fill(inputs, (instrument, pitch, velocity), n)
-        if graph is None:
-            slot[2] = self.fast(*inputs)
-        else:
-            graph.replay()
-        return slot[2][:n].clone()
+        return self._replay(step)[:n].clone()
 
     @staticmethod
     def _fill(inputs, values, n: int) -> None:
@@ -295,8 +291,10 @@ class GraphedRenderer:
         key = (bucket, instrument.dim(), instrument.dtype)
         if key not in self._slots:
             inputs = self._inputs(bucket, instrument)
-            graph, output = self._capture(lambda: self.fast(*inputs)) if self.capture else (None, None)
-            self._slots[key] = [graph, inputs, output]
+            step = [None, None, lambda: self.fast(*inputs)]
+            if self.capture:
+                step[:2] = self._capture(step[2])
+            self._slots[key] = [step, inputs]
         return self._slots[key]
 
     def _capture(self, fn) -> tuple:
